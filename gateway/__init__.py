@@ -1,0 +1,1 @@
+"""The HTTP side: app factory, middlewares, routes, CLI and process runner."""

@@ -1,0 +1,149 @@
+"""``echo-gateway``: dev | serve | worker | backlog | project create | config.
+
+Settings are parsed once here; a bad variable is reported by name and the
+command exits with status 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from config import Settings, SettingsError
+from gateway.logging import configure_logging, configure_sentry
+from gateway.runner import run_async, serve_app, supervise
+
+log = structlog.get_logger(__name__)
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echo-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser(
+        "dev", help="run everything in one process, with a private Redis and S3 if none is configured"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--data-dir", type=Path, default=Path(".echo"))
+
+    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+    worker = commands.add_parser("worker", help="run consumer groups")
+    worker.add_argument(
+        "--group", action="append", dest="groups", default=[],
+        help="consumer group to run (repeatable; default: all)",
+    )
+    worker.add_argument("--concurrency", type=int, default=None, help="handlers in flight per group")
+    worker.add_argument("--metrics-host", default="0.0.0.0")
+    worker.add_argument(
+        "--metrics-port", type=int, default=9100, help="port of /metrics, /healthz, /readyz (0: none)"
+    )
+
+    backlog = commands.add_parser("backlog", help="one line per stream and consumer group")
+    backlog.add_argument("--json", action="store_true")
+
+    project = commands.add_parser("project", help="manage projects")
+    project_commands = project.add_subparsers(dest="project_command", required=True)
+    create = project_commands.add_parser("create", help="create a project and print its id")
+    create.add_argument("--name", required=True)
+    create.add_argument("--language", default="en")
+
+    commands.add_parser("config", help="print the effective settings, secrets masked")
+    return parser
+
+
+def _print_config(settings: Settings) -> int:
+    rows = settings.describe()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, _doc in rows:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        child = ["serve", "--host", args.host, "--port", str(args.port), "--workers", "1", "--reuse-port"]
+        return supervise(child, args.workers, grace_s=settings.shutdown_grace_s)
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    return run_async(lambda: serve_app(
+        app, host=args.host, port=args.port, reuse_port=args.reuse_port,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    ))
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from devstack.stack import local_stack
+    from gateway.app import create_app
+
+    async def main() -> int:
+        async with local_stack(settings, args.data_dir) as effective:
+            app = create_app(effective, background=_all_consumers())
+
+            def announce() -> None:
+                print(
+                    f"echo-gateway dev serving http://{args.host}:{args.port}\n"
+                    f"  redis  {effective.redis_url}\n"
+                    f"  s3     {effective.s3_endpoint_url} (bucket {effective.s3_bucket})\n"
+                    f"  data   {args.data_dir.resolve()}\n"
+                    "Ctrl-C stops everything.",
+                    flush=True,
+                )
+
+            return await serve_app(
+                app, host=args.host, port=args.port, shutdown_grace_s=effective.shutdown_grace_s,
+                on_started=announce,
+            )
+
+    return run_async(main)
+
+
+def _all_consumers() -> list:  # type: ignore[type-arg]
+    """Cleanup contexts of every consumer group (filled in by the streams runtime)."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"echo-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    configure_logging(settings)
+    configure_sentry(settings)
+
+    if args.command == "config":
+        return _print_config(settings)
+    if args.command != "dev" and not (settings.redis_url or settings.redis_sentinels):
+        print(
+            "echo-gateway: configuration error: REDIS_URL: required "
+            "(only `dev` starts a private Redis)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "dev":
+        return _dev(settings, args)
+    print(f"echo-gateway: {args.command} is not available yet", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

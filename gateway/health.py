@@ -1,0 +1,71 @@
+"""Liveness, readiness and the Prometheus exposition."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.appkeys import METRICS_REGISTRY, REDIS, S3, SETTINGS
+from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
+
+READINESS_TIMEOUT_S = 1.0
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Checks nothing else on purpose."""
+    return web.json_response({"status": "ok"})
+
+
+async def _check_redis(app: web.Application) -> str | None:
+    try:
+        await asyncio.wait_for(app[REDIS].ping(), READINESS_TIMEOUT_S)
+    except (TimeoutError, *REDIS_UNAVAILABLE_ERRORS) as exc:
+        return f"redis: {type(exc).__name__}: {exc}" if str(exc) else f"redis: {type(exc).__name__}"
+    return None
+
+
+async def _check_s3(app: web.Application) -> str | None:
+    bucket = app[SETTINGS].s3_bucket
+    try:
+        await asyncio.wait_for(app[S3].head_bucket(Bucket=bucket), READINESS_TIMEOUT_S * 2)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        return f"s3: bucket {bucket!r}: {code}"
+    except (TimeoutError, BotoCoreError, OSError) as exc:
+        return f"s3: {type(exc).__name__}: {exc}"
+    return None
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: Redis answers PING and the S3 bucket is reachable; else 503 naming what failed."""
+    redis_problem, s3_problem = await asyncio.gather(
+        _check_redis(request.app), _check_s3(request.app)
+    )
+    checks = {"redis": redis_problem or "ok", "s3": s3_problem or "ok"}
+    failed = [name for name, problem in (("redis", redis_problem), ("s3", s3_problem)) if problem]
+    if failed:
+        return web.json_response(
+            {
+                "status": "unavailable",
+                "detail": "; ".join(checks[name] for name in failed),
+                "code": "not_ready",
+                "failed": failed,
+                "checks": checks,
+            },
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+    return web.json_response({"status": "ok", "checks": checks})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

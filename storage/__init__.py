@@ -1,0 +1,1 @@
+"""Clients of the stores (Redis, S3) and, later, the upload confirmation consumer."""

@@ -1,0 +1,145 @@
+"""The per-process Redis client: pooled, health-checked, retrying, and owned by the caller.
+
+One client per process, made by :func:`open_redis` (an async context manager
+that closes the pool on exit). A redis-py client *is* a pool, so it is made
+once and shared; nobody makes a connection per operation.
+
+Failure behaviour, which the HTTP layer relies on:
+
+* a busy pool makes callers wait (``BlockingConnectionPool``) up to
+  ``pool_timeout_s``, never fail at once;
+* a dead connection (Redis restarted) is found by ``health_check_interval``
+  or on use, dropped, and the command retried on a new one with exponential
+  back-off, so the process recovers on its own;
+* while Redis is down every command fails within about a second
+  (short connect timeout, few retries), which the error middleware answers
+  with 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config import Settings
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+
+#: Errors that mean "Redis cannot be reached right now"; HTTP maps them to 503.
+REDIS_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    TryAgainError,
+)
+
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTimeouts:
+    """Timeouts of the client; the defaults keep an outage answer under a second."""
+
+    connect_s: float = 0.5
+    #: Must exceed the longest ``BLOCK`` a consumer asks for (consumers block 2 s at most).
+    socket_s: float = 5.0
+    #: How long a caller waits for a free pooled connection.
+    pool_wait_s: float = 5.0
+    retries: int = 3
+    backoff_base_s: float = 0.02
+    backoff_cap_s: float = 0.25
+
+
+def _keepalive_options() -> dict[int, int]:
+    options: dict[int, int] = {}
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return options
+
+
+def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": timeouts.connect_s,
+        "socket_timeout": timeouts.socket_s,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": Retry(
+            ExponentialBackoff(cap=timeouts.backoff_cap_s, base=timeouts.backoff_base_s),
+            retries=timeouts.retries,
+        ),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+        "client_name": "echo-gateway",
+    }
+    url = settings.redis_url or ""
+    if url.startswith("rediss://") or settings.redis_ca_file:
+        # Certificates are always verified; a private CA is trusted through REDIS_CA_FILE.
+        kwargs["ssl_cert_reqs"] = "required"
+        kwargs["ssl_check_hostname"] = True
+        if settings.redis_ca_file:
+            kwargs["ssl_ca_certs"] = settings.redis_ca_file
+    return kwargs
+
+
+def make_redis(settings: Settings, timeouts: RedisTimeouts | None = None) -> RedisClient:
+    """Build the client for ``settings``: standalone, Sentinel or Cluster. The caller closes it."""
+    timeouts = timeouts or RedisTimeouts()
+    kwargs = _connection_kwargs(settings, timeouts)
+    if settings.redis_sentinels:
+        assert settings.redis_sentinel_master
+        sentinel = Sentinel(
+            list(settings.redis_sentinels),
+            sentinel_kwargs={
+                "socket_connect_timeout": timeouts.connect_s,
+                "socket_timeout": timeouts.socket_s,
+            },
+            **{k: v for k, v in kwargs.items() if not k.startswith("ssl")},
+        )
+        return sentinel.master_for(
+            settings.redis_sentinel_master, max_connections=settings.redis_max_connections
+        )
+    if not settings.redis_url:
+        raise ValueError("REDIS_URL is not set")
+    if settings.redis_cluster:
+        cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_error",)}
+        return RedisCluster.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, **cluster_kwargs
+        )
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=timeouts.pool_wait_s,
+        **kwargs,
+    )
+    return Redis.from_pool(pool)
+
+
+@asynccontextmanager
+async def open_redis(
+    settings: Settings, timeouts: RedisTimeouts | None = None
+) -> AsyncIterator[RedisClient]:
+    """Create the process's client and close its pool on exit.
+
+    It does not PING: a process starts even while Redis is down and serves
+    once it is back (readiness says so meanwhile).
+    """
+    client = make_redis(settings, timeouts)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,125 @@
+"""The command line: config, configuration errors, serve --workers, and the dev stack's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from devstack.servers import free_port
+
+
+def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_config_prints_effective_settings_with_secrets_masked() -> None:
+    result = _run_cli("config", env={"ANTHROPIC_API_KEY": "sk-ant-hush", "REDIS_MAX_CONNECTIONS": "7"})
+    assert result.returncode == 0, result.stderr
+    assert "sk-ant-hush" not in result.stdout
+    lines = {line.split()[0]: line.split(None, 1)[1].strip() for line in result.stdout.splitlines()}
+    assert lines["ANTHROPIC_API_KEY"] == "(set, hidden)"
+    assert lines["REDIS_MAX_CONNECTIONS"] == "7"
+
+
+def test_a_bad_variable_stops_the_command_naming_it() -> None:
+    result = _run_cli("serve", env={"REDIS_MAX_CONNECTIONS": "lots"})
+    assert result.returncode == 2
+    assert "REDIS_MAX_CONNECTIONS" in result.stderr
+
+
+def test_serve_without_redis_url_is_a_configuration_error() -> None:
+    result = _run_cli("serve", env={})
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
+
+
+async def _wait_http(url: str, status: int, deadline_s: float, proc: subprocess.Popen) -> None:
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - started < deadline_s:
+            assert proc.poll() is None, "process exited early"
+            try:
+                async with session.get(url) as response:
+                    if response.status == status:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} never answered {status}")
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    found, frontier = [], [pid]
+    pairs = [tuple(map(int, line.split())) for line in out.splitlines() if line.strip()]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in pairs:
+            if ppid == parent:
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+@pytest.mark.slow
+async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict[str, str], s3) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "3"],
+        env={"PATH": os.environ["PATH"], **env},
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
+        children = _children_of(proc.pid)
+        assert len(children) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not [pid for pid in children if _alive(pid)]
+
+
+@pytest.mark.slow
+async def test_dev_serves_ready_and_leaves_no_process_after_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "echo-data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        env={"PATH": os.environ["PATH"], "LOG_LEVEL": "warning"},
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 90, proc)
+        children = _children_of(proc.pid)
+        assert children, "dev should run a private Redis and S3 server"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert f"http://127.0.0.1:{port}" in out
+    deadline = time.monotonic() + 10
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+    assert (data_dir / "redis" / "appendonlydir").is_dir(), "Redis persists in the data dir"
