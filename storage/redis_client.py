@@ -27,7 +27,7 @@ from typing import Any, TypeAlias
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -63,6 +63,11 @@ class RedisTimeouts:
     backoff_cap_s: float = 0.25
 
 
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master discovery with the waiting behaviour of ``BlockingConnectionPool``
+    (redis-py's own Sentinel pool fails at once when every connection is busy)."""
+
+
 def _keepalive_options() -> dict[int, int]:
     options: dict[int, int] = {}
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
@@ -96,9 +101,9 @@ def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str,
     return kwargs
 
 
-def make_redis(settings: Settings, timeouts: RedisTimeouts | None = None) -> RedisClient:
-    """Build the client for ``settings``: standalone, Sentinel or Cluster. The caller closes it."""
-    timeouts = timeouts or RedisTimeouts()
+def _make_redis(settings: Settings, timeouts: RedisTimeouts) -> tuple[RedisClient, list[Redis]]:
+    """The client for ``settings`` (standalone, Sentinel or Cluster), and helper clients
+    (the Sentinel connections) that must be closed with it."""
     kwargs = _connection_kwargs(settings, timeouts)
     if settings.redis_sentinels:
         assert settings.redis_sentinel_master
@@ -110,23 +115,28 @@ def make_redis(settings: Settings, timeouts: RedisTimeouts | None = None) -> Red
             },
             **{k: v for k, v in kwargs.items() if not k.startswith("ssl")},
         )
-        return sentinel.master_for(
-            settings.redis_sentinel_master, max_connections=settings.redis_max_connections
+        master = sentinel.master_for(
+            settings.redis_sentinel_master,
+            connection_pool_class=BlockingSentinelConnectionPool,
+            max_connections=settings.redis_max_connections,
+            timeout=timeouts.pool_wait_s,
         )
+        return master, list(sentinel.sentinels)
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set")
     if settings.redis_cluster:
         cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_error",)}
-        return RedisCluster.from_url(
+        cluster = RedisCluster.from_url(
             settings.redis_url, max_connections=settings.redis_max_connections, **cluster_kwargs
         )
+        return cluster, []
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=timeouts.pool_wait_s,
         **kwargs,
     )
-    return Redis.from_pool(pool)
+    return Redis.from_pool(pool), []
 
 
 @asynccontextmanager
@@ -138,8 +148,10 @@ async def open_redis(
     It does not PING: a process starts even while Redis is down and serves
     once it is back (readiness says so meanwhile).
     """
-    client = make_redis(settings, timeouts)
+    client, helpers = _make_redis(settings, timeouts or RedisTimeouts())
     try:
         yield client
     finally:
         await client.aclose()
+        for helper in helpers:
+            await helper.aclose()
