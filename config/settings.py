@@ -281,6 +281,74 @@ class Settings:
         "TRANSCRIBER_API_KEY", _secret, Secret(""), "API key of the transcription API", secret=True
     )
 
+    # Transcription pipeline (transcription/): provider details, bounds, finalization
+    transcriber_model: str = _setting(
+        "TRANSCRIBER_MODEL", _str, "whisper-1", "model name sent to the OpenAI-compatible API"
+    )
+    transcriber_timeout_s: float = _setting(
+        "TRANSCRIBER_TIMEOUT_S", _float_above(0), 300.0, "timeout of one transcription request"
+    )
+    transcriber_http_retries: int = _setting(
+        "TRANSCRIBER_HTTP_RETRIES", _int_at_least(0), 3,
+        "retries of one transcription request after a 429 or 5xx (Retry-After honoured)",
+    )
+    transcriber_retry_after_max_s: float = _setting(
+        "TRANSCRIBER_RETRY_AFTER_MAX_S", _float_above(0), 60.0,
+        "longest Retry-After waited for; a longer one ends the attempt (the event is retried)",
+    )
+    transcription_language: str | None = _setting(
+        "TRANSCRIPTION_LANGUAGE", _opt_str, None,
+        "language code for every transcription (unset: the project's language)",
+    )
+    whisper_model_dir: str | None = _setting(
+        "WHISPER_MODEL_DIR", _opt_str, None,
+        "faster-whisper model directory (unset: the Whisper base model from the speech extra)",
+    )
+    whisper_cache_dir: str | None = _setting(
+        "WHISPER_CACHE_DIR", _opt_str, None,
+        "where the packaged model is assembled (unset: ~/.cache/echo-gateway/whisper-base)",
+    )
+    whisper_threads: int = _setting(
+        "WHISPER_THREADS", _int_at_least(1), 1,
+        "local transcriptions running at once in one process (each is CPU-bound)",
+    )
+    whisper_cpu_threads: int = _setting(
+        "WHISPER_CPU_THREADS", _int_at_least(0), 0,
+        "CPU threads of one local transcription (0: CTranslate2's default)",
+    )
+    transcription_concurrency: int = _setting(
+        "TRANSCRIPTION_CONCURRENCY", _int_at_least(1), 4,
+        "transcription events one worker process handles at once",
+    )
+    transcription_max_concurrent_process: int = _setting(
+        "TRANSCRIPTION_MAX_CONCURRENT_PROCESS", _int_at_least(1), 4,
+        "transcription provider calls in flight in one process",
+    )
+    transcription_max_concurrent_calls: int = _setting(
+        "TRANSCRIPTION_MAX_CONCURRENT_CALLS", _int_at_least(1), 8,
+        "transcription provider calls in flight across every process (Redis-backed)",
+    )
+    transcription_lease_s: float = _setting(
+        "TRANSCRIPTION_LEASE_S", _float_above(0), 60.0,
+        "lease of a transcription call permit (renewed while the call runs)",
+    )
+    transcription_max_bytes: int = _setting(
+        "TRANSCRIPTION_MAX_BYTES", _int_at_least(1), 200 * 1024 * 1024,
+        "largest audio object fetched for transcription (a larger one fails the chunk)",
+    )
+    transcription_max_attempts: int = _setting(
+        "TRANSCRIPTION_MAX_ATTEMPTS", _int_at_least(1), 5,
+        "deliveries of one chunk's event before the chunk is marked failed",
+    )
+    transcription_min_duration_s: float = _setting(
+        "TRANSCRIPTION_MIN_DURATION_S", _float_above(0), 0.3,
+        "audio shorter than this fails the chunk as too short",
+    )
+    finalization_claim_s: float = _setting(
+        "FINALIZATION_CLAIM_S", _float_above(0), 120.0,
+        "how long a finalizer's claim keeps other finalizers of the conversation away",
+    )
+
     # HTTP
     admin_token: Secret = _setting(
         "ADMIN_TOKEN", _secret, Secret(""), "Bearer token of the host API; unset disables it",
@@ -302,7 +370,7 @@ class Settings:
         "UPLOAD_URL_LIMIT_WINDOW_S", _int_at_least(1), 60, "sliding window of the upload-URL limit"
     )
     initiate_limit_per_window: int = _setting(
-        "INITIATE_LIMIT_PER_WINDOW", _int_at_least(1), 30,
+        "INITIATE_LIMIT_PER_WINDOW", _int_at_least(1), 120,
         "conversations one client IP may start in any INITIATE_LIMIT_WINDOW_S window",
     )
     initiate_limit_window_s: int = _setting(
@@ -332,6 +400,11 @@ class Settings:
     idle_finish_after_s: int = _setting(
         "IDLE_FINISH_AFTER_S", _int_at_least(1), 300,
         "a conversation with no new chunk for this long is finished automatically",
+    )
+    trusted_proxy_hops: int = _setting(
+        "TRUSTED_PROXY_HOPS", _int_at_least(0), 0,
+        "reverse proxies in front of the gateway; the client IP of per-IP limits is taken "
+        "that many X-Forwarded-For entries from the right (0: the peer address)",
     )
     ping_ttl_s: int = _setting(
         "PING_TTL_S", _int_at_least(1), 120, "how long the last telemetry ping is kept"

@@ -256,7 +256,9 @@ class SeaweedServer:
             f"-s3.port={self.s3_port}", f"-s3.config={config}",
             f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
             f"-admin.port={base + 3}", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=5",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # Every bucket is a collection with volumes of its own: allow many small ones.
+            "-volume.max=500", "-master.volumeSizeLimitMB=256",
             "-master.telemetry=false",
         ]
 

@@ -1,4 +1,5 @@
-"""``create_app(settings)``: wires clients, middlewares and routes together, and nothing else."""
+"""``create_app(settings)`` and ``create_worker_app(settings)``: they wire clients,
+middlewares and routes together, and nothing else."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway import health
 from gateway.appkeys import HTTP_METRICS, METRICS_REGISTRY, SETTINGS
 from gateway.lifecycle import redis_ctx, s3_ctx
 from gateway.metrics import HttpMetrics
+from gateway.routes import add_api_routes
 from gateway.middlewares import (
     body_limit_middleware,
     cors_middleware_factory,
@@ -24,31 +26,40 @@ from gateway.middlewares import (
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> web.Application:
-    """The gateway application.
-
-    ``background`` adds cleanup contexts that run after the clients are up
-    (consumer groups under ``dev``, for instance) and stop before they close.
-    """
-    app = web.Application(
-        middlewares=[
-            request_id_middleware,
-            metrics_middleware,
-            cors_middleware_factory(settings.cors_allow_origins),
-            security_headers_middleware,
-            error_middleware,
-            body_limit_middleware,
-        ],
-        client_max_size=settings.max_body_bytes,
-    )
+def _base_app(settings: Settings, middlewares: Sequence[object]) -> web.Application:
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)  # type: ignore[arg-type]
     app[SETTINGS] = settings
     registry = CollectorRegistry()
     app[METRICS_REGISTRY] = registry
     app[HTTP_METRICS] = HttpMetrics(registry)
-
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(s3_ctx)
-    app.cleanup_ctx.extend(background)
-
     app.add_routes(health.routes)
+    return app
+
+
+def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> web.Application:
+    """The gateway application.
+
+    ``background`` adds cleanup contexts that run after the clients are up
+    (every consumer group under ``dev``, for instance) and stop before they close.
+    """
+    app = _base_app(settings, [
+        request_id_middleware,
+        metrics_middleware,
+        cors_middleware_factory(settings.cors_allow_origins),
+        security_headers_middleware,
+        error_middleware,
+        body_limit_middleware,
+    ])
+    add_api_routes(app)
+    app.cleanup_ctx.extend(background)
+    return app
+
+
+def create_worker_app(settings: Settings, *, background: Sequence[CleanupCtx]) -> web.Application:
+    """A consumer process: the consumer groups in ``background``, and only
+    ``/healthz``, ``/readyz`` and ``/metrics`` over HTTP."""
+    app = _base_app(settings, [request_id_middleware, metrics_middleware, error_middleware])
+    app.cleanup_ctx.extend(background)
     return app

@@ -23,3 +23,8 @@ API_SERVICES = web.AppKey("api_services", ApiServices)
 
 #: The LLM layer: bounded client, cluster limiter, metrics and job store (see ``llm.lifecycle``).
 LLM = web.AppKey("llm", "llm.lifecycle.LlmService")  # type: ignore[arg-type]
+
+#: Transcription: the provider, its call bound and metrics (see ``transcription.lifecycle``).
+TRANSCRIPTION = web.AppKey(  # type: ignore[arg-type]
+    "transcription", "transcription.lifecycle.TranscriptionService"
+)

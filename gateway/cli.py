@@ -1,4 +1,4 @@
-"""``echo-gateway``: dev | serve | worker | backlog | project create | config.
+"""``echo-gateway``: dev | serve | worker | backlog | project create | s3-cors | config.
 
 Settings are parsed once here; a bad variable is reported by name and the
 command exits with status 2 before anything starts.
@@ -16,7 +16,10 @@ import structlog
 
 from config import Settings, SettingsError
 from gateway.logging import configure_logging, configure_sentry
-from gateway.runner import run_async, serve_app, supervise
+from aiohttp import web
+
+from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
+from storage.redis_client import open_redis
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--language", default="en")
 
+    commands.add_parser(
+        "s3-cors", help="put CORS rules admitting CORS_ALLOW_ORIGINS on S3_BUCKET (browsers upload there)"
+    )
     commands.add_parser("config", help="print the effective settings, secrets masked")
     return parser
 
@@ -90,10 +96,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from devstack.stack import local_stack
     from gateway.app import create_app
+    from llm.lifecycle import llm_ctx
+    from storage.s3_client import open_s3
+    from storage.uploads import apply_bucket_cors
+    from streams.worker import worker_background
 
     async def main() -> int:
         async with local_stack(settings, args.data_dir) as effective:
-            app = create_app(effective, background=_all_consumers())
+            async with open_s3(effective) as s3:
+                await apply_bucket_cors(
+                    s3, bucket=effective.s3_bucket, origins=effective.cors_allow_origins
+                )
+            # create_app already runs the LLM service for the host routes.
+            background = worker_background([], already=(llm_ctx,))
+            app = create_app(effective, background=background)
 
             def announce() -> None:
                 print(
@@ -113,9 +129,72 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     return run_async(main)
 
 
-def _all_consumers() -> list:  # type: ignore[type-arg]
-    """Cleanup contexts of every consumer group (filled in by the streams runtime)."""
-    return []
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.app import create_worker_app
+    from streams.registry import UnknownGroupError
+    from streams.worker import worker_background
+
+    try:
+        background = worker_background(args.groups, args.concurrency)
+    except UnknownGroupError as exc:
+        print(f"echo-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    app = create_worker_app(settings, background=background)
+    if args.metrics_port == 0:
+        async def main() -> int:
+            runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_s)
+            await runner.setup()
+            try:
+                await wait_for_stop_signal()
+            finally:
+                await runner.cleanup()
+            return 0
+
+        return run_async(main)
+    return run_async(lambda: serve_app(
+        app, host=args.metrics_host, port=args.metrics_port,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    ))
+
+
+def _backlog(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.redis_client import open_redis
+    from streams.backlog import backlog_rows, format_rows
+    from streams.names import StreamNames
+
+    async def main() -> int:
+        async with open_redis(settings) as redis:
+            rows = await backlog_rows(redis, StreamNames(settings.redis_key_prefix))
+        print(format_rows(rows, as_json=args.json))
+        return 0
+
+    return run_async(main)
+
+
+def _project_create(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.conversations import ConversationStore
+
+    async def main() -> int:
+        async with open_redis(settings) as redis:
+            store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
+            project = await store.create_project({"name": args.name, "language": args.language})
+        print(project["id"])
+        return 0
+
+    return run_async(main)
+
+
+def _s3_cors(settings: Settings) -> int:
+    from storage.uploads import apply_bucket_cors_from_settings
+
+    async def main() -> int:
+        if not await apply_bucket_cors_from_settings(settings):
+            print("echo-gateway: CORS_ALLOW_ORIGINS is empty; nothing applied", file=sys.stderr)
+            return 1
+        print(f"CORS rules for {', '.join(settings.cors_allow_origins)} put on {settings.s3_bucket}")
+        return 0
+
+    return run_async(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "config":
         return _print_config(settings)
-    if args.command != "dev" and not (settings.redis_url or settings.redis_sentinels):
+    if args.command == "dev":
+        return _dev(settings, args)
+    if args.command == "s3-cors":
+        return _s3_cors(settings)
+    if not (settings.redis_url or settings.redis_sentinels):
         print(
             "echo-gateway: configuration error: REDIS_URL: required "
             "(only `dev` starts a private Redis)",
@@ -139,10 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     if args.command == "serve":
         return _serve(settings, args)
-    if args.command == "dev":
-        return _dev(settings, args)
-    print(f"echo-gateway: {args.command} is not available yet", file=sys.stderr)
-    return 1
+    if args.command == "worker":
+        return _worker(settings, args)
+    if args.command == "backlog":
+        return _backlog(settings, args)
+    if args.command == "project" and args.project_command == "create":
+        return _project_create(settings, args)
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

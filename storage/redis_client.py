@@ -88,7 +88,9 @@ def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str,
             ExponentialBackoff(cap=timeouts.backoff_cap_s, base=timeouts.backoff_base_s),
             retries=timeouts.retries,
         ),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+        # Not on timeouts: a hung server would multiply the wait, and a command that
+        # timed out may have been applied.
+        "retry_on_error": [RedisConnectionError, BusyLoadingError],
         "client_name": "echo-gateway",
     }
     url = settings.redis_url or ""

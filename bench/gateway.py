@@ -1,0 +1,190 @@
+"""Benchmark: get-upload-url requests per second against a bare aiohttp handler, same run, same load.
+
+Starts a private Redis and SeaweedFS, then serves, one at a time and each in
+one uvloop process, (1) a bare aiohttp app whose POST handler parses the same
+JSON and answers a JSON object of the same shape, and (2) the gateway
+(``create_app`` + the participant API). Each gets the same ``wrk`` load:
+POSTs to ``get-upload-url`` spread over many conversations (so the 40/60 s
+limit never bites). Prints requests per second, p99 latency and the ratio.
+Target: the gateway reaches at least 0.35 of the bare handler.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--connections 16] [--conversations 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devstack.servers import RedisServer, SeaweedServer, free_port  # noqa: E402
+
+ADMIN_TOKEN = "bench-admin-token"
+
+WRK_SCRIPT = """
+local ids = {}
+for line in io.lines("%(ids)s") do ids[#ids + 1] = line end
+local n = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"filename": "chunk-1.webm", "content_type": "audio/webm;codecs=opus"}'
+request = function()
+  n = n + 1
+  local id = ids[(n %% #ids) + 1]
+  return wrk.format(nil, "/api/participant/conversations/" .. id .. "/get-upload-url")
+end
+done = function(summary, latency, requests)
+  io.write(string.format("JSON{\\"p99_us\\": %%d, \\"requests\\": %%d, \\"non2xx\\": %%d}\\n",
+    latency:percentile(99), summary.requests, summary.errors.status))
+end
+"""
+
+SERVE_BARE = """
+import sys
+sys.path.insert(0, %(root)r)
+from aiohttp import web
+from gateway.runner import run_async, serve_app
+
+async def handler(request):
+    body = await request.json()
+    cid = request.match_info["conversation_id"]
+    return web.json_response({"chunk_id": cid, "upload_url": "http://x/b", "fields": {"key": body["filename"]},
+                              "file_url": "http://x/b/" + body["filename"]})
+
+app = web.Application()
+app.router.add_post("/api/participant/conversations/{conversation_id}/get-upload-url", handler)
+app.router.add_get("/healthz", lambda r: web.json_response({"ok": True}))
+sys.exit(run_async(lambda: serve_app(app, host="127.0.0.1", port=%(port)d, reuse_port=False,
+                                     shutdown_grace_s=1)))
+"""
+
+SERVE_GATEWAY = """
+import sys
+sys.path.insert(0, %(root)r)
+from config import Settings
+from gateway.app import create_app
+from gateway.routes import add_api_routes
+from gateway.runner import run_async, serve_app
+
+settings = Settings.from_env()
+app = create_app(settings)
+if not any(getattr(r.resource, "canonical", "").startswith("/api/participant") for r in app.router.routes()):
+    add_api_routes(app)
+sys.exit(run_async(lambda: serve_app(app, host="127.0.0.1", port=%(port)d, reuse_port=False,
+                                     shutdown_grace_s=1)))
+"""
+
+
+async def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise RuntimeError("server exited")
+            try:
+                async with http.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def _wrk(port: int, script: Path, duration_s: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration_s}s", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    extra = json.loads(out.split("JSON", 1)[1].splitlines()[0])
+    return {"rps": rps, "p99_ms": extra["p99_us"] / 1000, "non2xx": extra["non2xx"],
+            "requests": extra["requests"]}
+
+
+async def _conversations(base: str, count: int) -> list[str]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/api/host/projects", json={"name": "bench"}, headers=headers) as r:
+            project = await r.json()
+        sem = asyncio.Semaphore(32)
+
+        async def one() -> str:
+            async with sem, http.post(
+                f"{base}/api/participant/projects/{project['id']}/conversations/initiate",
+                json={"name": "bench"},
+            ) as r:
+                return str((await r.json())["id"])
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--conversations", type=int, default=2000)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is needed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        async with RedisServer(tmp / "redis") as redis_server, SeaweedServer(tmp / "s3") as s3_server:
+            env = {
+                **os.environ, "REDIS_URL": redis_server.url, "S3_ENDPOINT_URL": s3_server.endpoint_url,
+                "S3_BUCKET": "bench-audio", "AWS_ACCESS_KEY_ID": s3_server.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LOG_LEVEL": "error", "LOG_FORMAT": "json",
+                # creating the conversations would otherwise hit the per-IP initiate limit
+                "INITIATE_LIMIT_PER_WINDOW": str(args.conversations * 2),
+            }
+            results = {}
+            ids_file = tmp / "ids.txt"
+            script = tmp / "get_upload_url.lua"
+            for name, source in (("bare", SERVE_BARE), ("gateway", SERVE_GATEWAY)):
+                port = free_port()
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", source % {"root": str(ROOT), "port": port}], env=env,
+                    stdout=subprocess.DEVNULL,
+                )
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    await _wait_up(base, proc)
+                    if name == "gateway":
+                        ids = await _conversations(base, args.conversations)
+                    else:
+                        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(args.conversations)]
+                    ids_file.write_text("\n".join(ids) + "\n")
+                    script.write_text(WRK_SCRIPT % {"ids": ids_file})
+                    _wrk(port, script, 2, args.connections)  # warm-up
+                    results[name] = _wrk(port, script, args.duration, args.connections)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=30)
+
+    bare, gw = results["bare"], results["gateway"]
+    ratio = gw["rps"] / bare["rps"]
+    print(f"bare aiohttp handler : {bare['rps']:9.0f} req/s   p99 {bare['p99_ms']:6.2f} ms")
+    print(f"gateway get-upload-url: {gw['rps']:9.0f} req/s   p99 {gw['p99_ms']:6.2f} ms"
+          f"   non-2xx {gw['non2xx']}")
+    print(f"ratio                 : {ratio:.2f} (target >= 0.35)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,99 @@
+"""Benchmark: auto-select over 200 conversations, 300 ms per model call, bound 3.
+
+Runs a private redis-server and the Messages API emulator, then one job
+(10 batches of 20) through the bounded client, several times. The ideal wall
+time is ``ceil(10 / 3) x 0.3 s = 1.2 s``; the printed ratio is measured / ideal
+(target: at most 1.15).
+
+    .venv/bin/python bench/llm.py [--runs 5] [--latency-ms 300] [--bound 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named like the package it measures: keep bench/ off the path so
+# ``import llm`` finds the package, and put the tests (the emulator) on it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from config import Settings  # noqa: E402
+from devstack.servers import RedisServer  # noqa: E402
+from emulators.anthropic import AnthropicEmulator, keyword_responder  # noqa: E402
+from llm.jobs import run_batches  # noqa: E402
+from llm.lifecycle import open_llm  # noqa: E402
+from llm.selection import pack_batches, prompt_budget_tokens  # noqa: E402
+from storage.redis_client import open_redis  # noqa: E402
+
+
+async def one_run(settings: Settings, conversations: list[tuple[str, str]]) -> tuple[float, int]:
+    async with open_redis(settings) as redis, open_llm(settings, redis, CollectorRegistry()) as svc:
+        await redis.flushdb()
+        started = time.perf_counter()
+        batches = pack_batches(
+            conversations, settings.llm_batch_size, prompt_budget_tokens(settings.llm_context_tokens)
+        )
+        job_id = await svc.jobs.create(project_id="bench", query="bikes", language=None)
+        await svc.jobs.start(
+            job_id, plan=[[c for c, _ in b] for b in batches], provider="anthropic", model="m"
+        )
+        await run_batches(
+            svc.llm, svc.jobs, job_id, "bikes", batches,
+            parallel=settings.llm_job_parallel_batches,
+        )
+        elapsed = time.perf_counter() - started
+        view = await svc.jobs.get(job_id)
+        assert view is not None and view.data["status"] == "completed", view
+        assert not view.data["errors"], view.data["errors"]
+        return elapsed, len(batches)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--bound", type=int, default=3)
+    parser.add_argument("--conversations", type=int, default=200)
+    args = parser.parse_args()
+    latency_s = args.latency_ms / 1000
+    conversations = [
+        (f"conv-{i:03d}", "we talked about bikes" if i % 4 == 0 else "we talked about trains")
+        for i in range(args.conversations)
+    ]
+    with tempfile.TemporaryDirectory() as data_dir:
+        async with RedisServer(Path(data_dir)) as server, AnthropicEmulator(
+            latency_s=latency_s, responder=keyword_responder
+        ) as emulator:
+            settings = Settings.from_env({
+                "REDIS_URL": server.url,
+                "ANTHROPIC_API_KEY": emulator.api_key,
+                "ANTHROPIC_BASE_URL": emulator.base_url,
+                "LLM_MAX_CONCURRENT_CALLS": str(args.bound),
+            })
+            await one_run(settings, conversations)  # warm-up (connections, imports)
+            times = []
+            batches = 0
+            for _ in range(args.runs):
+                elapsed, batches = await one_run(settings, conversations)
+                times.append(elapsed)
+            ideal = math.ceil(batches / args.bound) * latency_s
+            median = statistics.median(times)
+            print(f"batches={batches} bound={args.bound} latency={latency_s:.3f}s runs={args.runs}")
+            print(f"wall times: {', '.join(f'{t:.3f}' for t in times)} s")
+            print(f"max in flight seen by the emulator: {emulator.max_in_flight}")
+            print(f"ideal {ideal:.3f}s  median {median:.3f}s  ratio {median / ideal:.3f} "
+                  f"(target <= 1.15)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,171 @@
+"""Background verification of uploads the gateway could not see yet (the ``uploads`` stream).
+
+confirm-upload answers 202 ``pending_verification`` when the object is not
+visible within about a second, and publishes ``upload.verify``. This
+consumer HEADs the object; while it is missing it *defers* the event
+(``Defer``: acked and re-published later, so no HTTP request and no consumer
+loop waits) with the delays of ``UPLOAD_VERIFY_DELAYS_S`` (default 1, 2, 4,
+8, 15 s: checks at 0, 1, 3, 7, 15 and 30 s). When the object is there, non-empty
+and of the declared type, the chunk becomes ``uploaded`` and a transcription
+event is published; when the window is spent it becomes ``failed``
+("upload not found").
+
+Events (also published by the HTTP layer):
+
+* ``uploads`` / ``upload.verify`` ``{conversation_id, chunk_id, key, content_type}``,
+  idempotency key ``verify:<chunk_id>``;
+* ``transcription`` / ``chunk.uploaded`` ``{conversation_id, chunk_id, key, content_type}``,
+  idempotency key ``transcribe:<chunk_id>``;
+* ``transcription`` / ``conversation.finalize`` ``{conversation_id}``, idempotency key
+  ``finalize:<conversation_id>``: published by whoever saw the conversation become
+  finalizable (finished and every listed chunk in an end state); the ``transcription``
+  group finalizes exactly once per generation (``transcription.finalization``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from config import Settings
+from storage.conversations import ChunkNotFound, ConversationStore
+from storage.s3_client import S3Client
+from storage.uploads import head_object, same_media_type
+from streams import names
+from streams.publisher import Publisher
+from streams.spec import EventContext, GroupSpec
+
+log = structlog.get_logger(__name__)
+
+UPLOAD_VERIFY_EVENT = "upload.verify"
+CHUNK_UPLOADED_EVENT = "chunk.uploaded"
+CONVERSATION_FINALIZE_EVENT = "conversation.finalize"
+UPLOAD_NOT_FOUND = "upload not found"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadVerify:
+    conversation_id: str
+    chunk_id: str
+    key: str
+    content_type: str
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> UploadVerify:
+        values = {f: payload[f] for f in ("conversation_id", "chunk_id", "key", "content_type")}
+        if not all(isinstance(v, str) and v for v in values.values()):
+            raise ValueError("upload.verify needs non-empty strings")
+        return cls(**values)
+
+    def as_payload(self) -> dict[str, str]:
+        return {
+            "conversation_id": self.conversation_id, "chunk_id": self.chunk_id,
+            "key": self.key, "content_type": self.content_type,
+        }
+
+
+async def publish_verification(publisher: Publisher, upload: UploadVerify, request_id: str = "") -> None:
+    await publisher.publish(
+        names.UPLOADS, UPLOAD_VERIFY_EVENT, upload.as_payload(),
+        idempotency_key=f"verify:{upload.chunk_id}", request_id=request_id,
+    )
+
+
+async def publish_transcription(publisher: Publisher, upload: UploadVerify, request_id: str = "") -> None:
+    await publisher.publish(
+        names.TRANSCRIPTION, CHUNK_UPLOADED_EVENT, upload.as_payload(),
+        idempotency_key=f"transcribe:{upload.chunk_id}", request_id=request_id,
+    )
+
+
+async def publish_finalize(publisher: Publisher, conversation_id: str, request_id: str = "") -> None:
+    await publisher.publish(
+        names.TRANSCRIPTION, CONVERSATION_FINALIZE_EVENT, {"conversation_id": conversation_id},
+        idempotency_key=f"finalize:{conversation_id}", request_id=request_id,
+    )
+
+
+def make_upload_confirmation_handler(
+    *, store: ConversationStore, s3: S3Client, publisher: Publisher, settings: Settings,
+    on_outcome: Callable[[str], None] | None = None,
+) -> Callable[[EventContext], Awaitable[None]]:
+    """The ``upload-confirmation`` group's handler (idempotent: it acts on the chunk's status)."""
+    delays_s = settings.upload_verify_delays_s
+
+    def outcome(name: str) -> None:
+        if on_outcome is not None:
+            on_outcome(name)
+
+    async def verify_upload(ctx: EventContext) -> None:
+        upload: UploadVerify = ctx.payload
+        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+        if chunk is None or chunk["path"] != upload.key:
+            return  # deleted, or not ours: nothing to verify
+        if chunk["status"] == "uploaded":
+            # Verified before, but the transcription event may not have been stored.
+            await publish_transcription(publisher, upload, ctx.envelope.request_id)
+            return
+        if chunk["status"] != "pending_verification":
+            return
+        info = await head_object(s3, bucket=settings.s3_bucket, key=upload.key)
+        if info is not None:
+            if info.size <= 0:
+                error = "upload is empty"
+            elif not same_media_type(upload.content_type, info.content_type):
+                error = f"upload has type {info.content_type}, not {upload.content_type}"
+            else:
+                await store.mark_uploaded(upload.conversation_id, upload.chunk_id, size=info.size)
+                await publish_transcription(publisher, upload, ctx.envelope.request_id)
+                outcome("uploaded")
+                return
+            await _fail(upload, error, ctx)
+            return
+        if ctx.attempt < len(delays_s):
+            outcome("deferred")
+            ctx.defer(delays_s[ctx.attempt])
+        await _fail(upload, UPLOAD_NOT_FOUND, ctx)
+
+    async def _fail(upload: UploadVerify, error: str, ctx: EventContext) -> None:
+        try:
+            result = await store.mark_failed(upload.conversation_id, upload.chunk_id, error=error)
+        except ChunkNotFound:
+            return
+        log.info("upload_failed", conversation_id=upload.conversation_id,
+                 chunk_id=upload.chunk_id, error=error)
+        outcome("failed")
+        if result.finalizable:
+            await publish_finalize(publisher, upload.conversation_id, ctx.envelope.request_id)
+
+    return verify_upload
+
+
+def upload_confirmation_group(
+    *, store: ConversationStore, s3: S3Client, publisher: Publisher, settings: Settings,
+    on_outcome: Callable[[str], None] | None = None,
+) -> GroupSpec:
+    """The consumer group spec for ``streams.registry``."""
+    return GroupSpec(
+        stream=names.UPLOADS,
+        group=names.UPLOAD_CONFIRMATION_GROUP,
+        handler=make_upload_confirmation_handler(
+            store=store, s3=s3, publisher=publisher, settings=settings, on_outcome=on_outcome
+        ),
+        event_types={UPLOAD_VERIFY_EVENT: UploadVerify.from_payload},
+    )
+
+
+def upload_confirmation_spec(app: Any) -> GroupSpec:
+    """The registry factory (``streams.registry``): builds the group from the app's clients."""
+    from gateway.appkeys import REDIS, S3, SETTINGS  # the app's keys; imported late: layering
+
+    settings = app[SETTINGS]
+    redis = app[REDIS]
+    return upload_confirmation_group(
+        store=ConversationStore(redis, key_prefix=settings.redis_key_prefix),
+        s3=app[S3],
+        publisher=Publisher.from_settings(redis, settings),
+        settings=settings,
+    )

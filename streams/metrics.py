@@ -1,0 +1,58 @@
+"""Prometheus metrics of streams and consumer groups, registered in the app's registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from streams.backlog import BacklogRow
+
+HANDLER_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+DELIVERY_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 20)
+
+
+class StreamMetrics:
+    """Counters and histograms the runtime updates, gauges refreshed from ``backlog_rows``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["stream", "group"]
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"echo_stream_{name}", doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"echo_stream_{name}", doc, labels, registry=registry)
+
+        self.processed = counter("processed", "Entries handled and acked")
+        self.failed = counter("failed", "Handler failures (each failed delivery)")
+        self.retried = counter("retried", "Entries redelivered after a failure")
+        self.reclaimed = counter("reclaimed", "Entries claimed from consumers idle past the lease")
+        self.dead_lettered = counter("dead_lettered", "Entries moved to the dead letters")
+        self.deferred = counter("deferred", "Entries deferred by their handler")
+        self.handler_s = Histogram(
+            "echo_stream_handler_duration_seconds", "Handler run time", labels,
+            buckets=HANDLER_BUCKETS_S, registry=registry,
+        )
+        self.deliveries = Histogram(
+            "echo_stream_delivery_count", "Delivery count of entries when handled", labels,
+            buckets=DELIVERY_BUCKETS, registry=registry,
+        )
+        self.length = gauge("length", "Entries in the stream")
+        self.lag = gauge("lag", "Entries not yet delivered to the group")
+        self.pending = gauge("pending", "Entries delivered but not acked")
+        self.oldest_pending_age_s = gauge(
+            "oldest_pending_age_seconds", "Age of the oldest pending entry"
+        )
+        self.consumers = gauge("consumers", "Consumers in the group")
+
+    def refresh(self, rows: Iterable[BacklogRow]) -> None:
+        for row in rows:
+            key = (row.stream, row.group)
+            self.length.labels(*key).set(row.length)
+            self.lag.labels(*key).set(row.lag if row.lag is not None else -1)
+            self.pending.labels(*key).set(row.pending)
+            self.oldest_pending_age_s.labels(*key).set(row.oldest_pending_age_s)
+            self.consumers.labels(*key).set(row.consumers)

@@ -1,0 +1,127 @@
+"""What a consumer group declares (:class:`GroupSpec`) and what its handler receives.
+
+A handler is ``async def handle(ctx: EventContext) -> None``. Returning acks
+the entry; raising retries it with back-off (by delivery count) and past
+``max_deliveries`` moves it to the dead letters; raising :class:`Defer` (or
+calling ``ctx.defer(...)``) acks it and re-publishes it after a delay, which
+is not a failure. Handlers must be idempotent: see
+:mod:`streams.idempotency` and ``ctx.idempotency_key``.
+
+Example, added to :mod:`streams.registry`::
+
+    GroupSpec(
+        stream=names.UPLOADS, group=names.UPLOAD_CONFIRMATION_GROUP,
+        handler=confirm_upload,
+        event_types={"upload.verify": UploadVerify.from_payload},
+        concurrency=4, lease_s=30, max_deliveries=5,
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.envelope import Envelope
+from streams.names import StreamNames
+
+
+class Defer(Exception):
+    """Raise from a handler to run the event again in ``delay_s`` seconds.
+
+    The entry is acked and the next attempt scheduled in one atomic step; the
+    event keeps its id and idempotency key, ``attempt`` goes up by one and
+    ``payload_update`` is merged into the payload. It does not count towards
+    ``max_deliveries``; bound your own window with ``ctx.attempt``.
+    """
+
+    def __init__(self, delay_s: float, payload_update: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"deferred by {delay_s}s")
+        self.delay_s = delay_s
+        self.payload_update = dict(payload_update or {})
+
+
+class DeadLetter(Exception):
+    """Raise from a handler when retrying is pointless: the entry goes to the dead letters now."""
+
+
+#: Turns a payload dict into the handler's typed value; raises ValueError/TypeError/KeyError.
+PayloadParser = Callable[[dict[str, Any]], Any]
+
+
+def _identity(payload: dict[str, Any]) -> Any:
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """One delivery of one event to a handler."""
+
+    stream: str
+    group: str
+    entry_id: str
+    envelope: Envelope
+    #: The payload parsed by the group's parser for this event type.
+    payload: Any
+    #: 1 on the first delivery; grows with each retry or reclaim (not with deferral).
+    deliveries: int
+    names: StreamNames
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.envelope.idem
+
+    @property
+    def attempt(self) -> int:
+        """How many times this event was deferred before."""
+        return self.envelope.attempt
+
+    def done_marker(self, tag: str) -> str:
+        """The idempotency marker key of this event under hash tag ``tag`` (e.g. ``c:<uuid>``).
+
+        Put it in the same MULTI or Lua script as the handler's last state change,
+        see :func:`streams.idempotency.apply_once`.
+        """
+        return self.names.done_marker(tag, self.group, self.idempotency_key)
+
+    def defer(self, delay_s: float, payload_update: Mapping[str, Any] | None = None) -> None:
+        """Stop here and run this event again in ``delay_s`` (raises :class:`Defer`)."""
+        raise Defer(delay_s, payload_update)
+
+
+Handler = Callable[[EventContext], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """One consumer group: which stream, which handler, how much at once, how patient.
+
+    ``None`` means "from settings" (``STREAM_CONCURRENCY``, ``STREAM_LEASE_S``,
+    ``STREAM_MAX_DELIVERIES``).
+    """
+
+    stream: str
+    group: str
+    handler: Handler
+    #: Accepted event types and their payload parsers; other types go to the dead letters.
+    #: Empty accepts every type with the raw payload dict.
+    event_types: Mapping[str, PayloadParser] = field(default_factory=dict)
+    concurrency: int | None = None
+    lease_s: float | None = None
+    max_deliveries: int | None = None
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
+
+    def parser_for(self, event_type: str) -> PayloadParser | None:
+        if not self.event_types:
+            return _identity
+        return self.event_types.get(event_type)
+
+    def retry_delay_s(self, deliveries: int) -> float:
+        """Back-off before the next delivery after ``deliveries`` failed ones."""
+        return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, deliveries - 1)))

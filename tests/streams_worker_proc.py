@@ -1,0 +1,64 @@
+"""A test-only worker process: runs one group whose handler records its effects in Redis.
+
+Run as ``python -m tests.streams_worker_proc`` with settings in the environment
+(REDIS_URL, STREAM_LEASE_S, ...). The handler of stream ``test`` / group ``g``:
+
+* counts every start in hash ``<prefix>:{test}:starts`` (field = event id),
+  and appends ``<consumer> <event id>`` to list ``<prefix>:{test}:log``;
+* sleeps ``payload["sleep_s"]`` (default 0), plus ``first_sleep_s`` on the first delivery;
+* applies its effect exactly once: HINCRBY ``<prefix>:{test}:effects`` <event id> 1,
+  together with the done marker in one MULTI (``apply_once``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from config import Settings
+from storage.redis_client import RedisClient, open_redis
+from streams.idempotency import apply_once
+from streams.spec import EventContext, GroupSpec
+from streams.worker import run_consumers
+
+STREAM = "test"
+GROUP = "g"
+
+
+def make_spec(redis: RedisClient, prefix: str, concurrency: int) -> GroupSpec:
+    base = f"{prefix}:{{{STREAM}}}"
+
+    async def handle(ctx: EventContext) -> None:
+        event_id = ctx.envelope.id
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(f"{base}:starts", event_id, 1)
+            pipe.rpush(f"{base}:log", f"{os.getpid()} {event_id}")
+            await pipe.execute()
+        sleep_s = float(ctx.payload.get("sleep_s", 0))
+        if ctx.deliveries == 1:
+            sleep_s += float(ctx.payload.get("first_sleep_s", 0))
+        if sleep_s:
+            await asyncio.sleep(sleep_s)
+
+        def effect(pipe: object) -> None:
+            pipe.hincrby(f"{base}:effects", event_id, 1)  # type: ignore[attr-defined]
+
+        await apply_once(redis, ctx.done_marker(STREAM), effect)
+
+    return GroupSpec(stream=STREAM, group=GROUP, handler=handle, concurrency=concurrency,
+                     retry_base_s=0.1)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    async with open_redis(settings) as redis:
+        spec = make_spec(redis, settings.redis_key_prefix, args.concurrency)
+        await run_consumers(settings, [spec])
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,46 @@
+"""The OpenAPI 3.1 document describes exactly the routes the app serves."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from api_support import api_env, build_app, client, make_client  # noqa: F401  (fixtures)
+from config import Settings
+
+
+def _app_operations(settings: Settings) -> set[tuple[str, str]]:
+    app = build_app(settings)
+    ops = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        ops.add((route.method.lower(), path))
+    return ops
+
+
+async def test_the_document_and_the_router_agree(client: Any, api_env: dict[str, str]) -> None:
+    resp = await client.get("/api/openapi.json")
+    assert resp.status == 200
+    document = await resp.json()
+    assert document["openapi"].startswith("3.1")
+    described = {(m, p) for p, item in document["paths"].items() for m in item}
+    served = _app_operations(Settings.from_env(api_env))
+    assert served - described == set(), "routes missing from the OpenAPI document"
+    assert described - served == set(), "documented routes the app does not serve"
+
+
+async def test_every_operation_has_responses_and_declares_its_path_parameters(client: Any) -> None:
+    document = await (await client.get("/api/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    text = str(document)
+    for ref in re.findall(r"#/components/schemas/(\w+)", text):
+        assert ref in schemas
+    for path, item in document["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for method, op in item.items():
+            assert op["responses"], (method, path)
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == names, (method, path)

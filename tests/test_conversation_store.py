@@ -1,0 +1,181 @@
+"""The conversation store: key layout, atomic transitions, expiry of issued chunks, finalizable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from storage.conversations import (
+    ChunkKeyMismatch, ChunkNotFound, ConversationFinished, ConversationNotFound, ConversationStore,
+)
+from storage.redis_client import RedisClient
+
+T = "2026-01-01T10:00:00Z"
+
+
+@pytest.fixture
+def store(redis: RedisClient) -> ConversationStore:
+    return ConversationStore(redis, key_prefix="echo")
+
+
+async def _conversation(store: ConversationStore) -> str:
+    project = await store.create_project({"name": "p"})
+    conversation = await store.create_conversation(project["id"], {"title": "t"})
+    return str(conversation["id"])
+
+
+async def _listed_chunk(store: ConversationStore, cid: str, *, verified: bool = True) -> str:
+    chunk_id = str(uuid.uuid4())
+    await store.issue_chunk(cid, chunk_id, path=f"k/{chunk_id}", filename="a.webm",
+                            content_type="audio/webm", ttl_s=60)
+    await store.confirm_chunk(cid, chunk_id, path=f"k/{chunk_id}", timestamp=T, source="PORTAL_AUDIO",
+                              verified=verified)
+    return chunk_id
+
+
+async def test_all_keys_of_a_conversation_share_one_hash_tag(store: ConversationStore, redis: RedisClient) -> None:
+    cid = await _conversation(store)
+    await _listed_chunk(store, cid)
+    await store.add_text_chunk(cid, content="hi", timestamp=T, source="PORTAL_TEXT")
+    keys = [k async for k in redis.scan_iter(match=f"*{cid}*")]
+    assert len(keys) >= 4
+    assert all(f"{{c:{cid}}}" in k for k in keys if not k.endswith((":conversations", ":idle")))
+
+
+async def test_an_issued_chunk_is_unlisted_and_expires_with_its_url(store: ConversationStore, redis: RedisClient) -> None:
+    cid = await _conversation(store)
+    chunk_id = str(uuid.uuid4())
+    await store.issue_chunk(cid, chunk_id, path="k", filename="a", content_type="audio/webm", ttl_s=0.2)
+    assert (await store.get_chunk(cid, chunk_id))["status"] == "issued"  # type: ignore[index]
+    assert await store.list_chunks(cid) == []
+    assert await store.all_chunks_done(cid)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await store.get_chunk(cid, chunk_id) is not None:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    with pytest.raises(ChunkNotFound):
+        await store.confirm_chunk(cid, chunk_id, path="k", timestamp=T, source="x", verified=True)
+
+
+async def test_confirmation_is_idempotent_and_checks_the_key(store: ConversationStore, redis: RedisClient) -> None:
+    cid = await _conversation(store)
+    chunk_id = str(uuid.uuid4())
+    await store.issue_chunk(cid, chunk_id, path="k/1", filename="a", content_type="audio/webm", ttl_s=60)
+    with pytest.raises(ChunkKeyMismatch):
+        await store.confirm_chunk(cid, chunk_id, path="k/2", timestamp=T, source="x", verified=False)
+    results = await asyncio.gather(*(
+        store.confirm_chunk(cid, chunk_id, path="k/1", timestamp=T, source="x", verified=False)
+        for _ in range(20)
+    ))
+    assert sum(r.created for r in results) == 1
+    assert {r.status for r in results} == {"pending_verification"}
+    assert await redis.ttl(store.chunk_key(cid, chunk_id)) == -1  # no longer expires
+    conversation = await store.get_conversation(cid)
+    assert conversation is not None and conversation["open_chunks"] == 1
+
+
+async def test_transitions_follow_the_chunk_state_machine(store: ConversationStore) -> None:
+    cid = await _conversation(store)
+    chunk_id = await _listed_chunk(store, cid, verified=False)
+    assert (await store.mark_transcribing(cid, chunk_id)).outcome == "invalid"  # not uploaded yet
+    assert (await store.mark_uploaded(cid, chunk_id, size=10)).changed
+    assert (await store.mark_uploaded(cid, chunk_id)).outcome == "same"
+    assert (await store.mark_transcribing(cid, chunk_id)).changed
+    done = await store.mark_transcribed(cid, chunk_id, transcript="hello")
+    assert done.changed and not done.finalizable  # not finished yet
+    assert (await store.mark_failed(cid, chunk_id, error="late")).outcome == "invalid"
+    chunk = await store.get_chunk(cid, chunk_id)
+    assert chunk is not None and (chunk["status"], chunk["transcript"], chunk["size"]) == ("transcribed", "hello", 10)
+    assert await store.all_chunks_done(cid)
+
+
+async def test_finalizable_flips_once_when_the_last_open_chunk_ends_after_finish(store: ConversationStore) -> None:
+    cid = await _conversation(store)
+    a = await _listed_chunk(store, cid)
+    b = await _listed_chunk(store, cid, verified=False)
+    finish = await store.finish(cid)
+    assert finish.changed and not finish.finalizable
+    assert not (await store.finish(cid)).changed
+    assert not (await store.mark_transcribed(cid, a, transcript="x")).finalizable
+    results = await asyncio.gather(*(store.mark_failed(cid, b, error="upload not found") for _ in range(10)))
+    assert sum(r.changed for r in results) == 1
+    assert [r.finalizable for r in results if r.changed] == [True]
+    assert await store.mark_finalized(cid, merged_transcript="x", summary="s") == "ok"
+    assert await store.mark_finalized(cid, merged_transcript="x", summary="s") == "already"
+    conversation = await store.get_conversation(cid)
+    assert conversation is not None
+    assert conversation["is_all_chunks_transcribed"] and conversation["status"] == "finalized"
+    assert conversation["summary"] == "s"
+
+
+async def test_deleting_an_open_chunk_can_make_the_conversation_finalizable(store: ConversationStore) -> None:
+    cid = await _conversation(store)
+    chunk_id = await _listed_chunk(store, cid, verified=False)
+    await store.finish(cid)
+    assert not await store.is_finalizable(cid)
+    assert await store.delete_chunk(cid, chunk_id)
+    assert not await store.delete_chunk(cid, chunk_id)
+    assert await store.is_finalizable(cid)
+
+
+async def test_a_finished_conversation_issues_no_more_urls(store: ConversationStore) -> None:
+    cid = await _conversation(store)
+    await store.finish(cid)
+    with pytest.raises(ConversationFinished):
+        await store.issue_chunk(cid, str(uuid.uuid4()), path="k", filename="a", content_type="audio/webm", ttl_s=5)
+    with pytest.raises(ConversationNotFound):
+        await store.issue_chunk(str(uuid.uuid4()), str(uuid.uuid4()), path="k", filename="a",
+                                content_type="audio/webm", ttl_s=5)
+
+
+async def test_idle_conversations_are_finished_once_even_by_concurrent_sweepers(store: ConversationStore) -> None:
+    idle = await _conversation(store)
+    results = await asyncio.gather(*(store.finish_idle(0.2) for _ in range(5)))
+    deadline = asyncio.get_running_loop().time() + 10
+    finished: list[str] = [cid for r in results for cid, _ in r]
+    while idle not in finished:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+        rounds = await asyncio.gather(*(store.finish_idle(0.2) for _ in range(5)))
+        finished += [cid for r in rounds for cid, _ in r]
+    assert finished.count(idle) == 1
+    conversation = await store.get_conversation(idle)
+    assert conversation is not None and conversation["finish_reason"] == "idle"
+
+
+async def test_activity_keeps_a_conversation_open(store: ConversationStore) -> None:
+    cid = await _conversation(store)
+    await store.add_text_chunk(cid, content="still here", timestamp=T, source="PORTAL_TEXT")
+    assert await store.finish_idle(3600) == []
+    conversation = await store.get_conversation(cid)
+    assert conversation is not None and not conversation["is_finished"]
+
+
+async def test_issuing_with_the_limit_checks_the_project_and_consumes_nothing_when_refused(
+    store: ConversationStore, redis: RedisClient
+) -> None:
+    from storage.conversations import ProjectClosed
+    from storage.ratelimit import SlidingWindowLimiter
+
+    project = await store.create_project({"name": "p"})
+    cid = (await store.create_conversation(project["id"], {"title": "t"}))["id"]
+    limiter = SlidingWindowLimiter(
+        redis, name="upload-url", limit=2, window_s=60,
+        key_fn=lambda c: store.conversation_limit_key(c, "upload-url"),
+    )
+
+    async def issue() -> bool:
+        decision = await store.issue_chunk_limited(
+            cid, str(uuid.uuid4()), path="k", filename="a", content_type="audio/webm",
+            ttl_s=60, limiter=limiter, project_id=project["id"],
+        )
+        return decision.allowed
+
+    assert [await issue(), await issue(), await issue()] == [True, True, False]
+    assert await redis.zcard(limiter.key(cid)) == 2
+    assert len([k async for k in redis.scan_iter(match=f"*{{c:{cid}}}:chunk:*")]) == 2
+    await store.update_project(project["id"], {"is_conversation_allowed": False})
+    with pytest.raises(ProjectClosed):
+        await issue()

@@ -1,0 +1,68 @@
+"""The bound on transcription provider calls: per process and across the cluster.
+
+Per process an ``asyncio.Semaphore``; across the cluster the Redis-backed
+:class:`llm.limiter.ClusterLimiter` (the one that bounds LLM calls) under
+keys of its own (``<prefix>:{transcription}:permits:*``), so a crashed
+worker's permit is freed after its lease and a 429 pauses every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from llm.keys import LimiterKeys
+from llm.limiter import ClusterLimiter, LimiterConfig
+from storage.redis_client import RedisClient
+from transcription.metrics import TranscriptionMetrics
+
+
+def limiter_keys(prefix: str) -> LimiterKeys:
+    base = f"{prefix}:{{transcription}}"
+    return LimiterKeys(
+        holders=f"{base}:permits:holders",
+        queue=f"{base}:permits:queue",
+        heartbeats=f"{base}:permits:heartbeats",
+        tickets=f"{base}:permits:tickets",
+        pause_until=f"{base}:pause_until",
+    )
+
+
+class CallBound:
+    """``async with bound.slot():`` around one provider call."""
+
+    def __init__(
+        self, *, per_process: int, limiter: ClusterLimiter | None = None
+    ) -> None:
+        self._local = asyncio.Semaphore(per_process)
+        self._limiter = limiter
+
+    @classmethod
+    def create(
+        cls, redis: RedisClient, metrics: TranscriptionMetrics, *, prefix: str, per_process: int,
+        cluster: int, lease_s: float, model: str,
+    ) -> CallBound:
+        limiter = ClusterLimiter(
+            redis, limiter_keys(prefix), LimiterConfig(limit=cluster, lease_s=lease_s),
+            metrics,  # type: ignore[arg-type]  # same attribute names as LlmMetrics
+            model=model,
+        )
+        return cls(per_process=per_process, limiter=limiter)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._local:
+            if self._limiter is None:
+                yield
+                return
+            async with self._limiter.permit():
+                yield
+
+    async def pause_for(self, delay_s: float) -> None:
+        """Hold back every process's next call for ``delay_s`` (after a 429)."""
+        if self._limiter is not None:
+            await self._limiter.pause_for(delay_s)
+
+    async def state(self) -> dict[str, object]:
+        return await self._limiter.state() if self._limiter is not None else {}

@@ -1,0 +1,197 @@
+"""Finalization: once per conversation generation, merge, write, and ask for the summary.
+
+A conversation is *finalizable* when it is finished and every listed chunk is
+in an end state (``transcribed`` or ``failed``; issued chunks that were never
+confirmed do not count). The store's transitions are Lua scripts that report
+that state atomically, so of "finish" and "the last chunk ended" exactly the
+one that comes second sees it and publishes ``conversation.finalize``
+(:func:`storage.upload_confirmation.publish_finalize`). Duplicates of that
+event (a retried request, a redelivery) are expected, so the decision that
+counts is made again in Redis by the finalizer:
+
+1. ``finalize_begin.lua`` claims the conversation for this event (token = its
+   stream entry id, stable across redeliveries) unless it is finalized, not
+   finalizable, or claimed by another live event; it returns the *generation*
+   (``final_gen``: bumped by every chunk listed or deleted);
+2. the chunks are read and merged in timestamp order; ``transcript.json`` and
+   ``transcript.txt`` are written to ``conversation/<id>/`` (fixed keys: a
+   repeat overwrites with the same content);
+3. ``finalize_commit.lua`` sets ``finalized_ms``, ``is_all_chunks_transcribed``
+   and the merged transcript only if the claim is still ours and the
+   generation unchanged; if a chunk arrived meanwhile it answers ``stale`` and
+   the finalizer starts over (or leaves it to that chunk when it is still open);
+4. ``conversation.summarize`` is published on the ``llm`` stream with the
+   idempotency key ``summary:<conversation>:<generation>`` and the hash records
+   ``summary_requested_gen``; a redelivery of the committing event publishes it
+   again only if that record is missing (it died in between).
+
+A chunk that arrives after finalization re-opens the conversation
+(``storage/lua/confirm_chunk.lua``): ``finalized_ms`` is cleared, the
+generation moves on, and when the chunk ends the conversation is finalized
+again, overwriting the transcript files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config import Settings
+from storage.conversations import ConversationStore
+from storage.ratelimit import load_lua
+from storage.redis_client import RedisClient
+from storage.s3_client import S3Client
+from streams import names
+from streams.publisher import Publisher
+from transcription.metrics import TranscriptionMetrics
+
+log = structlog.get_logger(__name__)
+
+SUMMARY_REQUESTED_EVENT = "conversation.summarize"
+#: Rounds of claim -> read -> commit when chunks keep arriving; then the event is retried.
+MAX_ROUNDS = 5
+
+
+def transcript_keys(conversation_id: str) -> tuple[str, str]:
+    """S3 keys of ``transcript.json`` and ``transcript.txt``."""
+    base = f"conversation/{conversation_id}"
+    return f"{base}/transcript.json", f"{base}/transcript.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeRequest:
+    conversation_id: str
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> FinalizeRequest:
+        cid = payload["conversation_id"]
+        if not isinstance(cid, str) or not cid:
+            raise ValueError("conversation.finalize needs a conversation_id")
+        return cls(cid)
+
+
+def merge_transcript(chunks: list[dict[str, Any]]) -> str:
+    """Transcripts of the transcribed chunks in the given (timestamp) order, one paragraph each."""
+    return "\n\n".join(
+        str(c["transcript"]).strip()
+        for c in chunks
+        if c.get("status") == "transcribed" and (c.get("transcript") or "").strip()
+    )
+
+
+def transcript_document(
+    conversation: dict[str, Any], chunks: list[dict[str, Any]], generation: int, merged: str
+) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation["id"],
+        "project_id": conversation.get("project_id"),
+        "generation": generation,
+        "chunks": [
+            {
+                "id": c["id"], "timestamp": c.get("timestamp"), "source": c.get("source"),
+                "status": c.get("status"), "transcript": c.get("transcript"),
+                "error": c.get("error"), "path": c.get("path"),
+            }
+            for c in chunks
+        ],
+        "counts": {
+            "transcribed": sum(c.get("status") == "transcribed" for c in chunks),
+            "failed": sum(c.get("status") == "failed" for c in chunks),
+        },
+        "text": merged,
+    }
+
+
+class Finalizer:
+    """Runs one ``conversation.finalize`` event (see the module doc for the protocol)."""
+
+    def __init__(
+        self, *, redis: RedisClient, store: ConversationStore, s3: S3Client, publisher: Publisher,
+        settings: Settings, metrics: TranscriptionMetrics,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._s3 = s3
+        self._publisher = publisher
+        self._settings = settings
+        self._metrics = metrics
+        prelude = load_lua("_prelude.lua")
+        here = Path(__file__).parent / "lua"
+        self._begin = redis.register_script(
+            prelude + "\n" + (here / "finalize_begin.lua").read_text(encoding="utf-8")
+        )
+        self._commit = redis.register_script(
+            prelude + "\n" + (here / "finalize_commit.lua").read_text(encoding="utf-8")
+        )
+
+    async def finalize(self, conversation_id: str, token: str, request_id: str = "") -> str:
+        """Finalize if this event should; the outcome (``finalized``, ``already``, ``busy``...)."""
+        key = self._store.conversation_key(conversation_id)
+        claim_ms = int(self._settings.finalization_claim_s * 1000)
+        for _ in range(MAX_ROUNDS):
+            reply = await self._begin(keys=[key], args=[token, claim_ms])
+            state = str(reply[0])
+            if state == "done":
+                done_gen, done_token, summary_gen = int(reply[1]), str(reply[2]), str(reply[3])
+                if done_token == token and summary_gen != str(done_gen):
+                    # We committed, then died before the summary request was stored.
+                    await self._request_summary(conversation_id, done_gen, request_id)
+                return self._outcome("already")
+            if state != "claimed":
+                return self._outcome(state)  # not_ready | busy | no_conversation
+            generation = int(reply[1])
+            committed = await self._run_once(conversation_id, key, token, generation)
+            if committed == "ok":
+                await self._request_summary(conversation_id, generation, request_id)
+                log.info("conversation_finalized", conversation_id=conversation_id,
+                         generation=generation)
+                return self._outcome("finalized")
+            if committed != "stale":
+                return self._outcome(committed)  # lost | done | no_conversation
+            self._metrics.finalizations.labels("stale").inc()
+        raise RuntimeError(f"conversation {conversation_id} kept changing during finalization")
+
+    def _outcome(self, name: str) -> str:
+        self._metrics.finalizations.labels(name).inc()
+        return name
+
+    async def _run_once(self, conversation_id: str, key: str, token: str, generation: int) -> str:
+        conversation = await self._store.get_conversation(conversation_id)
+        if conversation is None:
+            return "no_conversation"
+        chunks = await self._store.list_chunks(conversation_id)
+        merged = merge_transcript(chunks)
+        json_key, text_key = transcript_keys(conversation_id)
+        doc = transcript_document(conversation, chunks, generation, merged)
+        bucket = self._settings.s3_bucket
+        await self._s3.put_object(
+            Bucket=bucket, Key=json_key, ContentType="application/json",
+            Body=json.dumps(doc, ensure_ascii=False, indent=1).encode(),
+        )
+        await self._s3.put_object(
+            Bucket=bucket, Key=text_key, ContentType="text/plain; charset=utf-8",
+            Body=(merged + "\n").encode() if merged else b"",
+        )
+        failed = doc["counts"]["failed"]
+        reply = await self._commit(keys=[key], args=[
+            token, generation, "merged_transcript", merged, "transcript_json_key", json_key,
+            "transcript_text_key", text_key, "final_failed_chunks", failed,
+        ])
+        return str(reply[0])
+
+    async def _request_summary(self, conversation_id: str, generation: int, request_id: str) -> None:
+        json_key, text_key = transcript_keys(conversation_id)
+        await self._publisher.publish(
+            names.LLM, SUMMARY_REQUESTED_EVENT,
+            {"conversation_id": conversation_id, "generation": generation,
+             "transcript_json_key": json_key, "transcript_text_key": text_key},
+            idempotency_key=f"summary:{conversation_id}:{generation}", request_id=request_id,
+        )
+        await self._redis.hset(
+            self._store.conversation_key(conversation_id),
+            mapping={"summary_requested_gen": generation},
+        )
