@@ -195,17 +195,16 @@ PATHS: dict[str, Any] = {
         params=["project_id", "conversation_id", "chunk_id"], tags=["participant"])},
     P + "/conversations/{conversation_id}/get-upload-url": {"post": _op(
         "A presigned POST for one chunk (40 per 60 s per conversation)",
-        {"200": _json(_ref("UploadUrlResponse")), **WRITE_ERRORS,
-         "409": _err("conversation finished"), "429": TOO_MANY},
+        {"200": _json(_ref("UploadUrlResponse")), **WRITE_ERRORS, "429": TOO_MANY},
         params=["conversation_id"], body=_body(_ref("UploadUrlRequest")), tags=["participant"])},
     P + "/conversations/{conversation_id}/confirm-upload": {"post": _op(
         "Confirm an uploaded chunk (idempotent by chunk_id)",
         {"200": _json(_ref("ConfirmResponse")), "202": _json(_ref("ConfirmResponse"), "pending verification"),
-         **WRITE_ERRORS, "409": _err("conversation finalized")},
+         **WRITE_ERRORS},
         params=["conversation_id"], body=_body(_ref("ConfirmRequest")), tags=["participant"])},
     P + "/conversations/{conversation_id}/upload-text": {"post": _op(
         "A text chunk (deduplicated by content and timestamp)",
-        {"200": _json(_ref("Chunk")), **WRITE_ERRORS, "409": _err("conversation finalized")},
+        {"200": _json(_ref("Chunk")), **WRITE_ERRORS},
         params=["conversation_id"], body=_body(_ref("UploadTextRequest")), tags=["participant"])},
     P + "/conversations/{conversation_id}/check-s3": {"post": _op(
         "A presigned PUT probe (text/plain, about 60 s)",
@@ -213,8 +212,7 @@ PATHS: dict[str, Any] = {
         params=["conversation_id"], tags=["participant"])},
     P + "/conversations/{conversation_id}/upload-chunk": {"post": _op(
         "Legacy upload through the gateway (streamed to S3)",
-        {"200": _json(_ref("Chunk")), **WRITE_ERRORS, "409": _err("conversation finished"),
-         "429": TOO_MANY},
+        {"200": _json(_ref("Chunk")), **WRITE_ERRORS, "429": TOO_MANY},
         params=["conversation_id"],
         body={"required": True, "content": {"multipart/form-data": {"schema": _ref("UploadChunkForm")}}},
         tags=["participant"])},

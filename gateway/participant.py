@@ -17,11 +17,11 @@ from aiohttp import BodyPartReader, web
 
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
+from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
 from gateway.middlewares import request_id_of, streams_body
 from gateway import validation as v
 from storage.conversations import (
-    ChunkKeyMismatch, ChunkNotFound, ConversationFinished, ConversationNotFound, ProjectClosed,
+    ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ProjectClosed,
     ProjectNotFound,
 )
 from storage.ratelimit import RateLimitDecision
@@ -228,8 +228,6 @@ async def get_upload_url(request: web.Request) -> web.Response:
         raise NotFound("Conversation not found") from None
     except ProjectClosed:
         raise Forbidden(NOT_OPEN) from None
-    except ConversationFinished:
-        raise Conflict("Conversation is finished", code="conversation_finished") from None
     if not decision.allowed:
         raise _rate_limited(decision, "upload URLs for this conversation")
     post = await services.presigner.presign(
@@ -313,8 +311,6 @@ async def confirm_upload(request: web.Request) -> web.Response:
         raise NotFound("Chunk not found (unknown, or its upload URL expired)") from None
     except ChunkKeyMismatch:
         raise BadRequest("file_url: does not match the key issued for this chunk") from None
-    except ConversationFinished:
-        raise Conflict("Conversation is already finalized", code="conversation_finalized") from None
     except ConversationNotFound:
         raise NotFound("Conversation not found") from None
     if result.status == "uploaded":
@@ -340,8 +336,6 @@ async def upload_text(request: web.Request) -> web.Response:
         )
     except ConversationNotFound:
         raise NotFound("Conversation not found") from None
-    except ConversationFinished:
-        raise Conflict("Conversation is already finalized", code="conversation_finalized") from None
     if _created and await services.store.is_finalizable(conversation_id):
         # A text chunk is born transcribed: on a finished (or re-opened) conversation it
         # is itself the last chunk to end.
@@ -372,9 +366,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
         raise BadRequest("request body must be multipart/form-data with a 'chunk' file")
     if request.content_length is not None and request.content_length > settings.upload_max_bytes + 64 * 1024:
         raise PayloadTooLarge(f"upload too large: at most {settings.upload_max_bytes} bytes")
-    conversation, _ = await _conversation(services, conversation_id)
-    if conversation["is_finished"]:
-        raise Conflict("Conversation is finished", code="conversation_finished")
+    await _conversation(services, conversation_id)
 
     fields: dict[str, str] = {}
     uploaded: tuple[str, str, str, int] | None = None

@@ -26,8 +26,9 @@ class LimiterKeys:
     pause_until: str
 
     @classmethod
-    def for_prefix(cls, prefix: str) -> LimiterKeys:
-        base = f"{prefix}:{{llm}}"
+    def for_prefix(cls, prefix: str, tag: str = "llm") -> LimiterKeys:
+        """Keys of one bound; ``tag`` names it (``llm``, ``transcription``) and is its hash tag."""
+        base = f"{prefix}:{{{tag}}}"
         return cls(
             holders=f"{base}:permits:holders",
             queue=f"{base}:permits:queue",

@@ -83,10 +83,6 @@ class ChunkKeyMismatch(StoreError):
     pass
 
 
-class ConversationFinished(StoreError):
-    pass
-
-
 class ProjectNotFound(StoreError):
     pass
 
@@ -384,8 +380,6 @@ class ConversationStore:
         )
         if reply[0] == "no_conversation":
             raise ConversationNotFound(conversation_id)
-        if reply[0] == "finished":
-            raise ConversationFinished(conversation_id)
         if reply[0] == "exists":
             raise StoreError(f"chunk {chunk_id} exists")
 
@@ -424,8 +418,6 @@ class ConversationStore:
             raise ProjectNotFound(str(project_id))
         if outcome == "closed":
             raise ProjectClosed(str(project_id))
-        if outcome == "finished":
-            raise ConversationFinished(conversation_id)
         return limiter.decision(*reply[1:5])
 
     async def confirm_chunk(
@@ -447,8 +439,6 @@ class ConversationStore:
             raise ChunkNotFound(chunk_id)
         if outcome == "key_mismatch":
             raise ChunkKeyMismatch(chunk_id)
-        if outcome == "finalized":
-            raise ConversationFinished(conversation_id)
         if outcome == "confirmed":
             await self._touch(conversation_id, int(reply[2]))
         return ConfirmResult(status=str(reply[1]), created=outcome == "confirmed")
@@ -470,8 +460,6 @@ class ConversationStore:
         )
         if reply[0] == "no_conversation":
             raise ConversationNotFound(conversation_id)
-        if reply[0] == "finalized":
-            raise ConversationFinished(conversation_id)
         if reply[0] == "created":
             await self._touch(conversation_id, int(reply[2]))
         chunk = await self.get_chunk(conversation_id, str(reply[1]))

@@ -145,6 +145,18 @@ async def test_confirming_twice_makes_one_chunk(client: Any, redis: RedisClient)
     assert [c["id"] for c in chunks] == [grant["chunk_id"]]
 
 
+async def test_an_upload_landing_after_finish_is_kept(client: Any) -> None:
+    """The last chunk's upload may finish after the participant pressed finish."""
+    project, conversation = await open_conversation(client)
+    cid = conversation["id"]
+    assert (await client.post(f"{P}/conversations/{cid}/finish")).status == 200
+    grant = await get_upload_url(client, cid)
+    assert (await post_to_s3(grant, b"z" * 100)).status == 204
+    assert (await confirm(client, cid, grant)).status == 200
+    chunks = await (await client.get(f"{P}/projects/{project['id']}/conversations/{cid}/chunks")).json()
+    assert [c["id"] for c in chunks] == [grant["chunk_id"]]
+
+
 async def test_a_key_of_another_conversation_is_a_400(client: Any) -> None:
     project, conversation = await open_conversation(client)
     other = await initiate(client, project["id"])

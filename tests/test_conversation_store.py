@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from storage.conversations import (
-    ChunkKeyMismatch, ChunkNotFound, ConversationFinished, ConversationNotFound, ConversationStore,
+    ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ConversationStore,
 )
 from storage.redis_client import RedisClient
 
@@ -120,11 +120,22 @@ async def test_deleting_an_open_chunk_can_make_the_conversation_finalizable(stor
     assert await store.is_finalizable(cid)
 
 
-async def test_a_finished_conversation_issues_no_more_urls(store: ConversationStore) -> None:
+async def test_a_finished_conversation_still_takes_a_late_chunk(store: ConversationStore) -> None:
+    """The portal's last upload may land after finish (or the idle auto-finish): it is kept,
+    and confirming it makes the conversation wait for that chunk before it is finalized."""
     cid = await _conversation(store)
     await store.finish(cid)
-    with pytest.raises(ConversationFinished):
-        await store.issue_chunk(cid, str(uuid.uuid4()), path="k", filename="a", content_type="audio/webm", ttl_s=5)
+    assert await store.is_finalizable(cid)
+    late = str(uuid.uuid4())
+    await store.issue_chunk(cid, late, path="k", filename="a", content_type="audio/webm", ttl_s=5)
+    await store.confirm_chunk(cid, late, path="k", timestamp="2026-01-01T00:00:00Z",
+                              source="PORTAL_AUDIO", verified=True)
+    assert not await store.is_finalizable(cid)
+    await store.mark_transcribing(cid, late)
+    assert (await store.mark_transcribed(cid, late, transcript="late words")).finalizable
+
+
+async def test_unknown_conversations_issue_no_urls(store: ConversationStore) -> None:
     with pytest.raises(ConversationNotFound):
         await store.issue_chunk(str(uuid.uuid4()), str(uuid.uuid4()), path="k", filename="a",
                                 content_type="audio/webm", ttl_s=5)

@@ -57,9 +57,9 @@ async def test_a_call_returns_the_text_and_counts_tokens(
     assert completion.text == "hi there"
     assert completion.provider == "anthropic"
     assert completion.input_tokens > 0 and completion.output_tokens > 0
-    assert sample(registry, "llm_tokens_total", model="claude-test", direction="input") > 0
-    assert sample(registry, "llm_call_seconds_count", model="claude-test", outcome="ok") == 1
-    assert sample(registry, "llm_permit_wait_seconds_count", model="claude-test") == 1
+    assert sample(registry, "echo_llm_tokens_total", model="claude-test", direction="input") > 0
+    assert sample(registry, "echo_llm_call_seconds_count", model="claude-test", outcome="ok") == 1
+    assert sample(registry, "echo_llm_permit_wait_seconds_count", model="claude-test") == 1
 
 
 async def test_sdk_retries_are_off_and_ours_retry_529_then_succeed(
@@ -74,9 +74,9 @@ async def test_sdk_retries_are_off_and_ours_retry_529_then_succeed(
         await llm.close()
     assert completion.text == "hi there"
     assert [r.status for r in emulator.requests] == [529, 529, 200]
-    assert sample(registry, "llm_overloaded_total", model="claude-test") == 2
-    assert sample(registry, "llm_retries_total", model="claude-test", reason="overloaded") == 2
-    assert sample(registry, "llm_pause_seconds_total") > 0
+    assert sample(registry, "echo_llm_overloaded_total", model="claude-test") == 2
+    assert sample(registry, "echo_llm_retries_total", model="claude-test", reason="overloaded") == 2
+    assert sample(registry, "echo_llm_pause_seconds_total") > 0
 
 
 async def test_a_429_pauses_every_caller_for_its_retry_after(
@@ -92,8 +92,8 @@ async def test_a_429_pauses_every_caller_for_its_retry_after(
     first, second = emulator.requests
     assert first.status == 429 and second.status == 200
     assert first.finished is not None and second.arrived - first.finished >= 0.99
-    assert sample(registry, "llm_rate_limited_total", model="claude-test") == 1
-    assert sample(registry, "llm_pause_seconds_total") == 1.0
+    assert sample(registry, "echo_llm_rate_limited_total", model="claude-test") == 1
+    assert sample(registry, "echo_llm_pause_seconds_total") == 1.0
 
 
 async def test_a_client_error_is_not_retried(redis: RedisClient, emulator: AnthropicEmulator) -> None:
@@ -133,7 +133,7 @@ async def test_connection_errors_are_retried_until_the_deadline(redis: RedisClie
     finally:
         await llm.close()
     assert failure.value.kind == "connection_error"
-    assert sample(registry, "llm_retries_total", model="m", reason="connection_error") >= 1
+    assert sample(registry, "echo_llm_retries_total", model="m", reason="connection_error") >= 1
     assert (await limiter.state())["permits_in_use"] == 0
 
 
@@ -181,5 +181,5 @@ async def test_the_offline_provider_is_bounded_and_labelled(
     assert completion.provider == "offline"
     assert completion.model == "offline-extractive"
     assert completion.text == "One. Two sentences here. Three!"
-    assert sample(registry, "llm_call_seconds_count", model="offline-extractive", outcome="ok") == 1
-    assert sample(registry, "llm_permit_wait_seconds_count", model="offline-extractive") == 1
+    assert sample(registry, "echo_llm_call_seconds_count", model="offline-extractive", outcome="ok") == 1
+    assert sample(registry, "echo_llm_permit_wait_seconds_count", model="offline-extractive") == 1

@@ -19,14 +19,7 @@ from transcription.metrics import TranscriptionMetrics
 
 
 def limiter_keys(prefix: str) -> LimiterKeys:
-    base = f"{prefix}:{{transcription}}"
-    return LimiterKeys(
-        holders=f"{base}:permits:holders",
-        queue=f"{base}:permits:queue",
-        heartbeats=f"{base}:permits:heartbeats",
-        tickets=f"{base}:permits:tickets",
-        pause_until=f"{base}:pause_until",
-    )
+    return LimiterKeys.for_prefix(prefix, tag="transcription")
 
 
 class CallBound:

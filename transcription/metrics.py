@@ -19,57 +19,57 @@ class TranscriptionMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # --- the limiter's (same attribute names as llm.metrics.LlmMetrics)
         self.queue_depth_cluster = Gauge(
-            "transcription_permit_waiters_cluster",
+            "echo_transcription_permit_waiters_cluster",
             "Transcription calls waiting for a permit across the cluster (last seen here)",
             registry=registry,
         )
         self.queue_depth_process = Gauge(
-            "transcription_permit_waiters_process",
+            "echo_transcription_permit_waiters_process",
             "Transcription calls of this process waiting for a permit", registry=registry,
         )
         self.permits_in_use = Gauge(
-            "transcription_permits_in_use",
+            "echo_transcription_permits_in_use",
             "Transcription permits held across the cluster (last seen here)", registry=registry,
         )
         self.permits_held_process = Gauge(
-            "transcription_permits_held_process", "Transcription permits held by this process",
+            "echo_transcription_permits_held_process", "Transcription permits held by this process",
             registry=registry,
         )
         self.wait_seconds = Histogram(
-            "transcription_permit_wait_seconds", "Time a call waited for its permit", ["model"],
+            "echo_transcription_permit_wait_seconds", "Time a call waited for its permit", ["model"],
             buckets=_WAIT_BUCKETS_S, registry=registry,
         )
         self.leases_lost = Counter(
-            "transcription_leases_lost_total", "Permits whose lease expired during the call",
+            "echo_transcription_leases_lost_total", "Permits whose lease expired during the call",
             registry=registry,
         )
         self.leases_reclaimed = Counter(
-            "transcription_leases_reclaimed_total",
+            "echo_transcription_leases_reclaimed_total",
             "Expired permits of other (crashed) holders this process freed", registry=registry,
         )
         self.redis_errors = Counter(
-            "transcription_limiter_redis_errors_total",
+            "echo_transcription_limiter_redis_errors_total",
             "Limiter operations that failed because Redis could not be reached",
             registry=registry,
         )
         # --- ours
         self.call_seconds = Histogram(
-            "transcription_call_seconds", "One provider call, by provider and outcome",
+            "echo_transcription_call_seconds", "One provider call, by provider and outcome",
             ["provider", "outcome"], buckets=_CALL_BUCKETS_S, registry=registry,
         )
         self.retries = Counter(
-            "transcription_http_retries_total", "Provider requests retried, by status",
+            "echo_transcription_http_retries_total", "Provider requests retried, by status",
             ["status"], registry=registry,
         )
         self.chunks = Counter(
-            "transcription_chunks_total", "Chunks handled, by outcome (transcribed, failed, "
+            "echo_transcription_chunks_total", "Chunks handled, by outcome (transcribed, failed, "
             "retried)", ["outcome"], registry=registry,
         )
         self.audio_seconds = Counter(
-            "transcription_audio_seconds_total", "Seconds of audio transcribed", registry=registry,
+            "echo_transcription_audio_seconds_total", "Seconds of audio transcribed", registry=registry,
         )
         self.finalizations = Counter(
-            "transcription_finalizations_total",
+            "echo_transcription_finalizations_total",
             "Finalize events by outcome (finalized, already, busy, not_ready, stale)",
             ["outcome"], registry=registry,
         )

@@ -1,9 +1,11 @@
 -- Record an issued chunk, which expires with its upload URL unless confirmed.
 -- KEYS[1] conversation, KEYS[2] chunk hash. ARGV[1] ttl_ms, then field, value, ...
--- Returns {'ok', now_ms} | {'no_conversation'} | {'finished'} | {'exists'}
-local conv = redis.call('HMGET', KEYS[1], 'id', 'is_finished')
+-- A finished (even finalized) conversation still takes chunks: confirming one re-opens it
+-- and the conversation is finalized again (a participant's last upload may land after
+-- finish, or after the idle auto-finish).
+-- Returns {'ok', now_ms} | {'no_conversation'} | {'exists'}
+local conv = redis.call('HMGET', KEYS[1], 'id')
 if not conv[1] then return {'no_conversation'} end
-if conv[2] == '1' then return {'finished'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
 local now = now_ms()
 hset_pairs(KEYS[2], ARGV, 2)

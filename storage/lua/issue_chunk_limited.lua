@@ -7,15 +7,15 @@
 -- project itself first.
 -- ARGV[1] ttl_ms, ARGV[2] limit, ARGV[3] window_us, ARGV[4] member suffix, then field, value, ...
 -- Returns {'ok', allowed, remaining, reset_us, retry_after_us} (nothing issued when not allowed)
---   | {'no_conversation'} | {'no_project'} | {'closed'} | {'finished'}
-local conv = redis.call('HMGET', KEYS[1], 'id', 'is_finished')
+--   | {'no_conversation'} | {'no_project'} | {'closed'}
+-- A finished conversation still takes chunks (see issue_chunk.lua).
+local conv = redis.call('HMGET', KEYS[1], 'id')
 if not conv[1] then return {'no_conversation'} end
 if KEYS[4] then
   local allowed = redis.call('HGET', KEYS[4], 'is_conversation_allowed')
   if not allowed then return {'no_project'} end
   if allowed ~= 'true' then return {'closed'} end
 end
-if conv[2] == '1' then return {'finished'} end
 local d = sliding_window(KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
 if d[1] == 1 then
   local t = redis.call('TIME')
