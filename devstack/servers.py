@@ -22,7 +22,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 
 class ServerStartError(RuntimeError):
@@ -138,8 +138,34 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.wait()
 
 
+class _ChildServer:
+    """Start/stop of one child process, and its use as an async context manager."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self._proc is not None:
+            _stop(self._proc, timeout_s)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
 @dataclass
-class RedisServer:
+class RedisServer(_ChildServer):
     """A private ``redis-server`` on 127.0.0.1.
 
     ``persistent=True`` keeps an append-only file in ``data_dir`` (the ``dev``
@@ -177,10 +203,6 @@ class RedisServer:
     def log_path(self) -> Path:
         return self.data_dir / "redis.log"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     async def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
@@ -188,28 +210,15 @@ class RedisServer:
         self._proc = _popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         await _wait_for_port(self.host, self.port, self._proc, timeout_s, self.log_path)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self._proc is not None:
-            _stop(self._proc, timeout_s)
-
     def kill(self) -> None:
         """Stop abruptly, as a crash would."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
 
-    async def __aenter__(self) -> RedisServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
 
 @dataclass
-class SeaweedServer:
+class SeaweedServer(_ChildServer):
     """A private SeaweedFS (``weed mini``) answering the S3 API on 127.0.0.1.
 
     The credentials are generated once and kept in ``data_dir/s3.json`` so a
@@ -272,16 +281,3 @@ class SeaweedServer:
                 self.command(config), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir
             )
         await _wait_for_port(self.host, self.s3_port, self._proc, timeout_s, self.log_path)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self._proc is not None:
-            _stop(self._proc, timeout_s)
-
-    async def __aenter__(self) -> SeaweedServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)

@@ -159,9 +159,17 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+def _stem(word: str) -> str:
+    """A light plural folding, so "gardens" meets "garden" (not a real stemmer)."""
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
 def keywords(text: str) -> set[str]:
-    """Content words of ``text`` (lower case, stop words and 1-letter words dropped)."""
-    return {w for w in _words(text) if len(w) > 1 and w not in _STOPWORDS}
+    """Content words of ``text`` (lower case, plurals folded, stop words and 1-letter words
+    dropped)."""
+    return {_stem(w) for w in _words(text) if len(w) > 1 and w not in _STOPWORDS}
 
 
 def extractive_summary(transcript: str, max_sentences: int = 5) -> str:

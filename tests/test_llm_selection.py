@@ -17,7 +17,7 @@ from llm.keys import LimiterKeys
 from llm.lifecycle import open_llm
 from llm.limiter import ClusterLimiter, LimiterConfig
 from llm.metrics import LlmMetrics
-from llm.providers import AnthropicProvider, extractive_summary
+from llm.providers import AnthropicProvider, extractive_summary, keywords
 from llm.selection import (
     BatchResult,
     MalformedOutput,
@@ -211,3 +211,8 @@ def test_the_extractive_summary_keeps_the_central_sentences_in_order() -> None:
     assert "dog" not in summary and "weather" not in summary
     kept = [s.strip() + "." for s in summary.split(".") if s.strip()]
     assert sorted(kept, key=text.index) == kept
+
+
+def test_offline_keywords_fold_plurals_so_a_query_meets_its_singular() -> None:
+    assert keywords("Gardens and bicycles") & keywords("the garden by the bicycle shop")
+    assert "glass" in keywords("a glass of water")

@@ -9,12 +9,7 @@ if existing and redis.call('ZSCORE', KEYS[2], existing) then
   return {'exists', existing}
 end
 local now = now_ms()
--- Like confirm_chunk: a chunk after finalization re-opens the conversation.
-if conv[2] then
-  redis.call('HDEL', KEYS[1], 'finalized_ms')
-  redis.call('HSET', KEYS[1], 'is_all_chunks_transcribed', '0', 'reopened_ms', now)
-end
-redis.call('HINCRBY', KEYS[1], 'final_gen', 1)
+list_new_chunk(KEYS[1], conv[2], now)
 hset_pairs(KEYS[3], ARGV, 4)
 redis.call('HSET', KEYS[3], 'status', 'transcribed', 'created_ms', now, 'confirmed_ms', now,
   'updated_ms', now)

@@ -11,14 +11,7 @@ if not chunk[1] then return {'unknown_chunk'} end
 if chunk[2] ~= ARGV[2] then return {'key_mismatch'} end
 if chunk[1] ~= 'issued' then return {'exists', chunk[1]} end
 local now = now_ms()
--- A chunk after finalization re-opens the conversation; it is finalized again once this
--- chunk ends. final_gen counts listed chunks: a finalizer that read an older set of chunks
--- cannot commit (transcription/lua/finalize_commit.lua).
-if conv[2] then
-  redis.call('HDEL', KEYS[1], 'finalized_ms')
-  redis.call('HSET', KEYS[1], 'is_all_chunks_transcribed', '0', 'reopened_ms', now)
-end
-redis.call('HINCRBY', KEYS[1], 'final_gen', 1)
+list_new_chunk(KEYS[1], conv[2], now)
 hset_pairs(KEYS[3], ARGV, 5)
 redis.call('HSET', KEYS[3], 'status', ARGV[3], 'confirmed_ms', now, 'updated_ms', now)
 redis.call('PERSIST', KEYS[3])
