@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -175,14 +176,23 @@ def _existing_file(raw: str) -> str | None:
 def _setting(
     env: str, parse: Callable[[str], Any], default: Any, doc: str, *, secret: bool = False
 ) -> Any:
+    """A field read from ``env``; a ``secret`` one is never shown (nor a password in a URL)."""
     return field(
-        default=default,
-        metadata={"env": env, "parse": parse, "doc": doc, "secret": secret},
-        repr=not secret,
+        default=default, metadata={"env": env, "parse": parse, "doc": doc, "secret": secret}
     )
 
 
-@dataclass(frozen=True, slots=True)
+def mask_url_password(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``: URLs may carry credentials."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Everything the service is configured with. Build it with :meth:`from_env`."""
 
@@ -510,7 +520,13 @@ class Settings:
                 shown = ",".join(
                     ":".join(str(p) for p in v) if isinstance(v, tuple) else str(v) for v in value
                 )
+            elif isinstance(value, str) and "://" in value:
+                shown = mask_url_password(value)
             else:
                 shown = str(value)
             rows.append((f.metadata["env"], shown, f.metadata["doc"]))
         return rows
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value, _ in self.describe())
+        return f"Settings({shown})"

@@ -14,14 +14,7 @@ from gateway.appkeys import HTTP_METRICS, METRICS_REGISTRY, SETTINGS
 from gateway.lifecycle import redis_ctx, s3_ctx
 from gateway.metrics import HttpMetrics
 from gateway.routes import add_api_routes
-from gateway.middlewares import (
-    body_limit_middleware,
-    cors_middleware_factory,
-    error_middleware,
-    metrics_middleware,
-    request_id_middleware,
-    security_headers_middleware,
-)
+from gateway.middlewares import error_middleware_factory, request_middleware_factory
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
@@ -45,12 +38,8 @@ def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> 
     (every consumer group under ``dev``, for instance) and stop before they close.
     """
     app = _base_app(settings, [
-        request_id_middleware,
-        metrics_middleware,
-        cors_middleware_factory(settings.cors_allow_origins),
-        security_headers_middleware,
-        error_middleware,
-        body_limit_middleware,
+        request_middleware_factory(settings.cors_allow_origins, security_headers=True),
+        error_middleware_factory(settings.max_body_bytes),
     ])
     add_api_routes(app)
     app.cleanup_ctx.extend(background)
@@ -60,6 +49,9 @@ def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> 
 def create_worker_app(settings: Settings, *, background: Sequence[CleanupCtx]) -> web.Application:
     """A consumer process: the consumer groups in ``background``, and only
     ``/healthz``, ``/readyz`` and ``/metrics`` over HTTP."""
-    app = _base_app(settings, [request_id_middleware, metrics_middleware, error_middleware])
+    app = _base_app(settings, [
+        request_middleware_factory(None, security_headers=False),
+        error_middleware_factory(None),
+    ])
     app.cleanup_ctx.extend(background)
     return app

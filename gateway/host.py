@@ -60,10 +60,7 @@ def _project_changes(body: dict[str, Any], existing_tags: list[dict[str, Any]]) 
         if name in body:
             changes[name] = v.string(body, name, required=False, max_len=max_len)
     if "language" in body:
-        language = v.string(body, "language", max_len=16, allow_empty=False)
-        if not all(c.isalnum() or c == "-" for c in language):
-            raise BadRequest("language: a language tag such as 'en' or 'nl-BE'")
-        changes["language"] = language
+        changes["language"] = v.language_tag(body, required=True)
     tags = _tags(body, existing_tags)
     if tags is not None:
         changes["tags"] = tags

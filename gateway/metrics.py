@@ -8,6 +8,8 @@ register their collectors into the same registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -31,11 +33,19 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
+        # ``labels()`` validates and looks the child up under a lock on every call; the
+        # label sets are few (routes x methods x statuses), so the children are kept here.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
-        labels = (method, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency_s.labels(*labels).observe(duration_s)
+        children = self._children.get((method, route, status))
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.latency_s.labels(*labels))
+            self._children[(method, route, status)] = children
+        count, latency_s = children
+        count.inc()
+        latency_s.observe(duration_s)
 
 
 def route_label(request: web.Request) -> str:

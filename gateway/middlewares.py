@@ -1,16 +1,22 @@
-"""Request middlewares, outermost first: request id, metrics, errors, CORS, body limit, headers.
+"""Request middlewares: two layers, outermost first.
+
+:func:`request_middleware_factory` (request id, metrics, CORS, security headers):
 
 * request id: ``X-Request-ID`` is taken (when sane) or made, echoed back, and
   bound in every log line of the request;
+* metrics: count and latency by method, route pattern and status;
+* CORS: an explicit allow-list; an allowed origin is echoed with credentials,
+  preflights are answered here, other origins get no CORS headers at all;
+* security headers on every response but preflight answers.
+
+:func:`error_middleware_factory` (errors, body limit):
+
 * errors: :class:`ApiError` -> its status; Redis unreachable -> 503 with
   ``Retry-After``; aiohttp's HTTP exceptions -> the same JSON body; anything
   unexpected -> 500 with the request id and no traceback;
-* CORS: an explicit allow-list; an allowed origin is echoed with credentials,
-  preflights are answered here, other origins get no CORS headers at all;
 * body limit: a declared ``Content-Length`` over the limit is refused with 413
   before the body is read (handlers that stream bodies opt out with
-  :func:`streams_body`);
-* security headers on every response.
+  :func:`streams_body`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import HTTP_METRICS, SETTINGS
+from gateway.appkeys import HTTP_METRICS
 from gateway.errors import ApiError, error_body
 from gateway.metrics import route_label
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
@@ -63,36 +69,101 @@ def request_id_of(request: web.Request) -> str | None:
     return request.get(REQUEST_ID_KEY)
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _request_id(request: web.Request) -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request[REQUEST_ID_KEY] = request_id
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    return incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def _preflight_response(request: web.Request, origin: str | None) -> web.Response:
+    """The answer to a CORS preflight of an allowed ``origin`` (None: not allowed)."""
+    if origin is None:
+        return _json_error(request, 403, "origin not allowed", "cors_origin_not_allowed")
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
+        "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        "Vary": "Origin",
+    })
+
+
+def _add_cors_headers(response: web.StreamResponse, origin: str | None) -> None:
+    """CORS headers for an allowed ``origin`` (None: not allowed); ``Vary`` always."""
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    response.headers.add("Vary", "Origin")
+
+
+def _add_security_headers(response: web.StreamResponse) -> None:
+    headers = response.headers
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+
+
+def request_middleware_factory(
+    cors_allow_origins: tuple[str, ...] | None, *, security_headers: bool
+) -> Any:
+    """Request id, metrics and, when asked, CORS (``cors_allow_origins``) and security headers.
+
+    One middleware rather than four: each layer costs a coroutine per request,
+    which shows on the hot path. The steps keep the order the separate
+    middlewares had, outermost first: request id, metrics, CORS, security
+    headers. So a preflight answer gets no security headers, and an HTTP
+    exception raised through (a redirect; errors are answered inside) gets only
+    the request id.
+    """
+    allowed = None if cors_allow_origins is None else frozenset(cors_allow_origins)
+
+    @web.middleware
+    async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = _request_id(request)
+        request[REQUEST_ID_KEY] = request_id
+        # bind/reset rather than ``bound_contextvars``, which copies the whole context twice.
+        log_context = structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
         try:
-            response = await handler(request)
+            response = await _answer(request, handler, allowed, security_headers)
+            status = response.status
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
         except web.HTTPException as exc:
+            status = exc.status
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
+        finally:
+            request.app[HTTP_METRICS].observe(
+                request.method, route_label(request), status, time.perf_counter() - started
+            )
+            structlog.contextvars.reset_contextvars(**log_context)
+
+    return request_middleware
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        request.app[HTTP_METRICS].observe(
-            request.method, route_label(request), status, time.perf_counter() - started
-        )
+async def _answer(
+    request: web.Request, handler: Handler, allowed: frozenset[str] | None, security_headers: bool
+) -> web.StreamResponse:
+    """The handler's response with security and CORS headers, in that order (a preflight
+    is answered here)."""
+    allowed_origin = None
+    if allowed is not None:
+        origin = request.headers.get("Origin")
+        allowed_origin = origin if origin in allowed else None
+        if _is_preflight(request):
+            return _preflight_response(request, allowed_origin)
+    response = await handler(request)
+    if security_headers:
+        _add_security_headers(response)
+    if allowed is not None:
+        _add_cors_headers(response, allowed_origin)
+    return response
 
 
 def _json_error(
@@ -111,82 +182,49 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _json_error(request, exc.status, exc.detail, exc.code, exc.headers, **exc.extra)
-    except REDIS_UNAVAILABLE_ERRORS as exc:
-        log.warning("redis_unavailable", error=str(exc), path=request.path)
-        return _json_error(
-            request, 503, "the service's data store is unavailable; retry shortly",
-            "store_unavailable", {"Retry-After": str(REDIS_RETRY_AFTER_S)},
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {
-            k: v for k, v in exc.headers.items()
-            if k.lower() not in ("content-type", "content-length")
-        }
-        detail = exc.reason if exc.status != 413 else "request body too large"
-        return _json_error(
-            request, exc.status, detail, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), headers
-        )
-    except Exception:
-        log.exception("unhandled_error", path=request.path, method=request.method)
-        return _json_error(request, 500, "internal error", "internal_error")
-
-
-def cors_middleware_factory(allowed_origins: tuple[str, ...]) -> Any:
-    allowed = frozenset(allowed_origins)
-
-    @web.middleware
-    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        is_preflight = (
-            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        )
-        if is_preflight:
-            if origin not in allowed:
-                return _json_error(request, 403, "origin not allowed", "cors_origin_not_allowed")
-            return web.Response(status=204, headers={
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Credentials": "true",
-                "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
-                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
-                "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
-                "Vary": "Origin",
-            })
-        response = await handler(request)
-        if origin is not None and origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
-        response.headers.add("Vary", "Origin")
-        return response
-
-    return cors_middleware
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limit = request.app[SETTINGS].max_body_bytes
+def _check_body_limit(request: web.Request, limit: int) -> None:
     route_handler = getattr(request.match_info, "handler", None)
     streams = getattr(route_handler, _STREAMS_BODY_ATTR, False)
     if not streams and request.content_length is not None and request.content_length > limit:
         raise ApiError(
             f"request body too large: at most {limit} bytes", status=413, code="payload_too_large"
         )
-    return await handler(request)
 
 
-@web.middleware
-async def security_headers_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    response = await handler(request)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
+def error_middleware_factory(max_body_bytes: int | None) -> Any:
+    """Errors answered as JSON and, with ``max_body_bytes``, the body limit checked first.
+
+    The limit is checked inside the error handling (its 413 is an
+    :class:`ApiError` like any other), in the same middleware to save a layer.
+    """
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if max_body_bytes is not None:
+                _check_body_limit(request, max_body_bytes)
+            return await handler(request)
+        except ApiError as exc:
+            return _json_error(request, exc.status, exc.detail, exc.code, exc.headers, **exc.extra)
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            log.warning("redis_unavailable", error=str(exc), path=request.path)
+            return _json_error(
+                request, 503, "the service's data store is unavailable; retry shortly",
+                "store_unavailable", {"Retry-After": str(REDIS_RETRY_AFTER_S)},
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {
+                k: v for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            detail = exc.reason if exc.status != 413 else "request body too large"
+            return _json_error(
+                request, exc.status, detail, _HTTP_CODES.get(exc.status, f"http_{exc.status}"), headers
+            )
+        except Exception:
+            log.exception("unhandled_error", path=request.path, method=request.method)
+            return _json_error(request, 500, "internal error", "internal_error")
+
+    return error_middleware

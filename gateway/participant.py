@@ -13,7 +13,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from aiohttp import BodyPartReader, web
+from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
@@ -37,6 +39,8 @@ from transcription.status import processing_status
 PREFIX = "/api/participant"
 NOT_OPEN = "Conversation not open for participation"
 CONFIRM_POLL_S = (0.0, 0.15, 0.35, 0.6)
+#: Time the last HEAD of the look may take past the budget before the answer is 202.
+CONFIRM_HEAD_GRACE_S = 0.5
 CONFIRMED_STATES = frozenset({"uploaded", "transcribing", "transcribed"})
 PING_FIELDS = ("state", "audio_level", "recorded_seconds", "client_ts", "network", "battery",
                "visibility", "mic", "error", "user_agent")
@@ -49,6 +53,7 @@ PROJECT_PUBLIC_FIELDS = (
 )
 
 routes = web.RouteTableDef()
+log = structlog.get_logger(__name__)
 
 
 def _services(request: web.Request) -> ApiServices:
@@ -181,10 +186,13 @@ async def delete_chunk(request: web.Request) -> web.Response:
     conversation, _ = await _conversation(services, conversation_id)
     if conversation["project_id"] != project_id:
         raise NotFound("Conversation not found")
-    if not await services.store.delete_chunk(conversation_id, chunk_id):
-        raise NotFound("Chunk not found")
+    deleted = await services.store.delete_chunk(conversation_id, chunk_id)
+    # Also after a repeat (404): the first attempt may have deleted the chunk and then
+    # failed to publish; finalization is idempotent.
     if await services.store.is_finalizable(conversation_id):
         await publish_finalize(services.publisher, conversation_id, request_id_of(request) or "")
+    if not deleted:
+        raise NotFound("Chunk not found")
     return web.json_response(None)
 
 
@@ -242,21 +250,32 @@ async def get_upload_url(request: web.Request) -> web.Response:
 
 
 async def _look_for_object(services: ApiServices, key: str, content_type: str) -> int | None:
-    """The object's size if it is there (non-empty, declared type) within about a second."""
+    """The object's size if it is there (non-empty, declared type) within about a second.
+
+    The whole look is bounded by ``UPLOAD_CONFIRM_WAIT_S`` (plus a little for the last
+    HEAD); a slow or failing S3 counts as "not visible yet": the answer is then 202 and
+    the background verification decides.
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
     budget_s = services.settings.upload_confirm_wait_s
-    for at_s in CONFIRM_POLL_S:
-        if at_s > budget_s:
-            break
-        delay = started + at_s - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        info = await head_object(services.s3, bucket=services.settings.s3_bucket, key=key)
-        if info is not None:
-            if info.size > 0 and same_media_type(content_type, info.content_type):
-                return info.size
-            return None  # there but wrong: the background check marks it failed
+    try:
+        async with asyncio.timeout(budget_s + CONFIRM_HEAD_GRACE_S):
+            for at_s in CONFIRM_POLL_S:
+                if at_s > budget_s:
+                    break
+                delay = started + at_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                info = await head_object(services.s3, bucket=services.settings.s3_bucket, key=key)
+                if info is not None:
+                    if info.size > 0 and same_media_type(content_type, info.content_type):
+                        return info.size
+                    return None  # there but wrong: the background check marks it failed
+    except TimeoutError:
+        log.info("confirm_look_timed_out", key=key, budget_s=budget_s)
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("confirm_look_failed", key=key, error=str(exc))
     return None
 
 
@@ -331,14 +350,15 @@ async def upload_text(request: web.Request) -> web.Response:
     source = v.string(body, "source", required=False, max_len=64, default="PORTAL_TEXT")
     await _conversation(services, conversation_id)
     try:
-        chunk, _created = await services.store.add_text_chunk(
+        chunk, _ = await services.store.add_text_chunk(
             conversation_id, content=content, timestamp=str(stamp), source=source
         )
     except ConversationNotFound:
         raise NotFound("Conversation not found") from None
-    if _created and await services.store.is_finalizable(conversation_id):
+    if await services.store.is_finalizable(conversation_id):
         # A text chunk is born transcribed: on a finished (or re-opened) conversation it
-        # is itself the last chunk to end.
+        # is itself the last chunk to end. Published on a repeat too: the first attempt may
+        # have stored the chunk and then failed to publish (finalization is idempotent).
         await publish_finalize(services.publisher, conversation_id, request_id_of(request) or "")
     return web.json_response(chunk)
 
@@ -382,6 +402,8 @@ async def upload_chunk(request: web.Request) -> web.Response:
                 if len(raw) > 200:
                     raise BadRequest(f"{part.name}: too long")
                 fields[part.name] = raw.decode("utf-8", "replace")
+                if part.name == "timestamp" and uploaded is None:
+                    v.timestamp(fields, "timestamp")  # 400 before anything is uploaded
             else:
                 # Drain unknown parts without keeping them.
                 while await part.read_chunk(64 * 1024):
@@ -391,12 +413,20 @@ async def upload_chunk(request: web.Request) -> web.Response:
     if uploaded is None:
         raise BadRequest("chunk: file part required")
     chunk_id, key, content_type, size = uploaded
-    stamp = v.timestamp(fields, "timestamp", required=False) or datetime.now(UTC).isoformat()
+    try:
+        stamp = v.timestamp(fields, "timestamp", required=False) or datetime.now(UTC).isoformat()
+    except BadRequest:
+        # The timestamp came after the file: leave no orphan object behind.
+        await services.s3.delete_object(Bucket=settings.s3_bucket, Key=key)
+        raise
     source = fields.get("source") or "PORTAL_AUDIO"
-    result = await store.confirm_chunk(
-        conversation_id, chunk_id, path=key, timestamp=stamp, source=source[:64],
-        verified=True, extra={"size": size},
-    )
+    try:
+        result = await store.confirm_chunk(
+            conversation_id, chunk_id, path=key, timestamp=stamp, source=source[:64],
+            verified=True, extra={"size": size},
+        )
+    except (ChunkNotFound, ConversationNotFound):
+        raise NotFound("the upload outlived its chunk record; upload again") from None
     await publish_transcription(
         services.publisher, UploadVerify(conversation_id, chunk_id, key, content_type),
         request_id_of(request) or "",

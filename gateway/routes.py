@@ -46,14 +46,19 @@ def idle_sweep_interval_s(idle_finish_after_s: float) -> float:
 
 async def sweep_idle_once(services: ApiServices) -> int:
     """Finish the conversations idle for ``IDLE_FINISH_AFTER_S``; returns how many."""
+    idle_finish_after_s = services.settings.idle_finish_after_s
     finished = await services.store.finish_idle(
-        services.settings.idle_finish_after_s, batch=IDLE_SWEEP_BATCH
+        idle_finish_after_s, batch=IDLE_SWEEP_BATCH,
+        retry_s=idle_sweep_interval_s(idle_finish_after_s),
     )
     for conversation_id, result in finished:
-        log.info("conversation_finished_idle", conversation_id=conversation_id)
+        if result.changed:
+            log.info("conversation_finished_idle", conversation_id=conversation_id)
         if result.finalizable:
             await publish_finalize(services.publisher, conversation_id)
-    return len(finished)
+        # Only once its event is stored: if the publish failed, a later sweep takes it again.
+        await services.store.forget_idle(conversation_id)
+    return sum(result.changed for _, result in finished)
 
 
 async def idle_finish_loop(services: ApiServices, stop: asyncio.Event) -> None:
@@ -63,6 +68,10 @@ async def idle_finish_loop(services: ApiServices, stop: asyncio.Event) -> None:
             await sweep_idle_once(services)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             log.warning("idle_sweep_failed", error=str(exc))
+        except Exception:
+            # Anything else must not end the sweeper of this process for good
+            # (CancelledError is a BaseException and still stops it).
+            log.exception("idle_sweep_failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 

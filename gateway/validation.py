@@ -64,6 +64,12 @@ def string(
         raise BadRequest(f"{name}: must be a string")
     if len(value) > max_len:
         raise BadRequest(f"{name}: at most {max_len} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON may carry lone surrogates ("\ud800") that no store can encode.
+            raise BadRequest(f"{name}: not valid Unicode text") from None
     if not allow_empty and not value.strip():
         raise BadRequest(f"{name}: must not be empty")
     return value
@@ -115,6 +121,14 @@ def timestamp(body: dict[str, Any], name: str, *, required: bool = True) -> str 
     except (ValueError, OverflowError, OSError):
         raise BadRequest(f"{name}: must be an ISO 8601 time") from None
     return value.strip()
+
+
+def language_tag(body: dict[str, Any], name: str = "language", *, required: bool = False) -> str | None:
+    """A language tag such as ``en`` or ``nl-BE``."""
+    value = string(body, name, required=required, max_len=16, allow_empty=False)
+    if value is not None and not all(c.isascii() and (c.isalnum() or c == "-") for c in value):
+        raise BadRequest(f"{name}: a language tag such as 'en' or 'nl-BE'")
+    return value
 
 
 def path_uuid(request: web.Request, name: str) -> str:

@@ -9,47 +9,45 @@ Both need the host token.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from aiohttp import web
 
-from gateway.appkeys import LLM, REDIS, SETTINGS
+from gateway import validation as v
+from gateway.appkeys import API_SERVICES, LLM
 from gateway.auth import require_host
 from gateway.errors import NotFound
 from gateway.middlewares import request_id_of
-from gateway.validation import read_json_object, string
 from llm.handlers import AUTO_SELECT_EVENT
-from storage.conversations import ConversationStore
 from streams import names
-from streams.publisher import Publisher
 
 routes = web.RouteTableDef()
 
 MAX_QUERY_CHARS = 2000
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @routes.post("/api/projects/{project_id}/auto-select")
 async def start_auto_select(request: web.Request) -> web.Response:
     require_host(request)
-    project_id = request.match_info["project_id"]
-    body = await read_json_object(request)
-    query = string(body, "query", max_len=MAX_QUERY_CHARS, allow_empty=False).strip()
-    language = string(body, "language", required=False, max_len=16)
-    settings = request.app[SETTINGS]
-    redis = request.app[REDIS]
-    store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
-    if await store.get_project(project_id) is None:
+    project_id = v.path_uuid(request, "project_id")
+    body = await v.read_json_object(request)
+    query = v.string(body, "query", max_len=MAX_QUERY_CHARS, allow_empty=False).strip()
+    language = v.language_tag(body)
+    services = request.app[API_SERVICES]
+    if await services.store.get_project(project_id) is None:
         raise NotFound(f"project {project_id} not found", code="project_not_found")
-    service = request.app[LLM]
     job_id = uuid.uuid4().hex
-    await service.jobs.create(project_id=project_id, query=query, language=language, job_id=job_id)
-    request_id = request_id_of(request) or ""
-    await Publisher.from_settings(redis, settings).publish(
+    await request.app[LLM].jobs.create(
+        project_id=project_id, query=query, language=language, job_id=job_id
+    )
+    await services.publisher.publish(
         names.LLM,
         AUTO_SELECT_EVENT,
         {"job_id": job_id, "project_id": project_id, "query": query, "language": language},
         idempotency_key=f"auto-select:{job_id}",
-        request_id=request_id,
+        request_id=request_id_of(request) or "",
     )
     return web.json_response(
         {"job_id": job_id, "status": "queued", "status_url": f"/api/jobs/{job_id}"},
@@ -61,7 +59,10 @@ async def start_auto_select(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     require_host(request)
-    view = await request.app[LLM].jobs.get(request.match_info["job_id"])
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.fullmatch(job_id):
+        raise NotFound("job not found", code="job_not_found")
+    view = await request.app[LLM].jobs.get(job_id)
     if view is None:
         raise NotFound("job not found", code="job_not_found")
     return web.json_response(view.to_json())

@@ -146,6 +146,7 @@ class ConversationStore:
     _SCRIPTS = (
         "create_conversation", "issue_chunk", "issue_chunk_limited", "confirm_chunk", "transition_chunk",
         "add_text_chunk", "delete_chunk", "finish", "mark_finalized", "update_if_exists",
+        "idle_take",
     )
 
     def __init__(self, redis: RedisClient, *, key_prefix: str = "echo") -> None:
@@ -322,22 +323,44 @@ class ConversationStore:
             raise ConversationNotFound(conversation_id)
         return FinishResult(changed=bool(int(reply[1])), finalizable=bool(int(reply[2])))
 
-    async def finish_idle(self, idle_s: float, *, batch: int = 100) -> list[tuple[str, FinishResult]]:
-        """Finish up to ``batch`` conversations idle for ``idle_s``; safe in many processes."""
+    async def finish_idle(
+        self, idle_s: float, *, batch: int = 100, retry_s: float = 30.0
+    ) -> list[tuple[str, FinishResult]]:
+        """Finish up to ``batch`` conversations idle for ``idle_s``; safe in many processes.
+
+        Returns the finished conversations this call took from the idle set: ``changed``
+        when it finished them, else finished before (e.g. by a sweep whose finalize publish
+        failed). They stay in the set, hidden from every sweep for ``retry_s``: the caller
+        publishes the finalize event of the finalizable ones, then calls :meth:`forget_idle`;
+        if it fails in between, a sweep takes them again after ``retry_s``.
+        """
         seconds, micros = await self.redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         idle_ms = int(idle_s * 1000)
-        ids = await self.redis.zrangebyscore(self.idle_key(), "-inf", now_ms - idle_ms, start=0, num=batch)
-        finished: list[tuple[str, FinishResult]] = []
-        for cid in ids:
+        cutoff_ms = now_ms - idle_ms
+        rows = await self.redis.zrangebyscore(
+            self.idle_key(), "-inf", cutoff_ms, start=0, num=batch, withscores=True
+        )
+        taken: list[tuple[str, FinishResult]] = []
+        for cid, score in rows:
+            if not int(await self._run(
+                "idle_take", [self.idle_key()], [cid, score, cutoff_ms + int(retry_s * 1000)]
+            )):
+                continue  # another sweeper took it
             reply = await self._run("finish", [self.conversation_key(cid)], ["idle", idle_ms])
             if reply[0] == "active":
                 await self.redis.zadd(self.idle_key(), {cid: int(reply[1])})
-                continue
-            await self.redis.zrem(self.idle_key(), cid)
-            if reply[0] == "finished" and int(reply[1]):
-                finished.append((cid, FinishResult(changed=True, finalizable=bool(int(reply[2])))))
-        return finished
+            elif reply[0] == "finished":
+                taken.append((cid, FinishResult(
+                    changed=bool(int(reply[1])), finalizable=bool(int(reply[2]))
+                )))
+            else:
+                await self.forget_idle(cid)  # no such conversation
+        return taken
+
+    async def forget_idle(self, conversation_id: str) -> None:
+        """Drop a finished conversation from the idle set (see :meth:`finish_idle`)."""
+        await self.redis.zrem(self.idle_key(), conversation_id)
 
     async def mark_finalized(
         self, conversation_id: str, *, merged_transcript: str, summary: str | None

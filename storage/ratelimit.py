@@ -103,6 +103,7 @@ class SlidingWindowLimiter:
         self._prefix = key_prefix
         self._metrics = metrics
         self._key_fn = key_fn
+        self._counters: dict[bool, Any] = {}
         self._script: Any = redis.register_script(
             load_lua("_sliding_window_fn.lua") + load_lua("sliding_window.lua")
         )
@@ -131,9 +132,17 @@ class SlidingWindowLimiter:
             policy=self.name,
         )
         if self._metrics is not None:
-            outcome = "granted" if decision.allowed else "refused"
-            self._metrics.decisions.labels(self.name, outcome).inc()
+            self._count(decision.allowed)
         return decision
+
+    def _count(self, allowed: bool) -> None:
+        # labels() validates and locks on every call; the two children are kept once made.
+        child = self._counters.get(allowed)
+        if child is None:
+            assert self._metrics is not None
+            child = self._metrics.decisions.labels(self.name, "granted" if allowed else "refused")
+            self._counters[allowed] = child
+        child.inc()
 
     async def hit(self, subject: str) -> RateLimitDecision:
         """Take one grant for ``subject`` if the window has room (one Redis round trip)."""

@@ -8,7 +8,18 @@ loop waits) with the delays of ``UPLOAD_VERIFY_DELAYS_S`` (default 1, 2, 4,
 8, 15 s: checks at 0, 1, 3, 7, 15 and 30 s). When the object is there, non-empty
 and of the declared type, the chunk becomes ``uploaded`` and a transcription
 event is published; when the window is spent it becomes ``failed``
-("upload not found").
+("upload not found"). An S3 error on the HEAD (an outage; AWS answers 403, not
+404, for a missing object without ListBucket) is deferred the same way, and
+fails the chunk with "upload could not be verified: <error>" when the window
+is spent: a chunk never stays ``pending_verification``, which would keep its
+conversation from being finalized.
+
+Like the ``transcription`` group, the group's ``max_deliveries`` is one more
+than ``VERIFY_MAX_ATTEMPTS``: a delivery beyond them (the handler kept failing,
+or its worker kept dying) fails the chunk instead of leaving it to the dead
+letters. A handler that finds its chunk ended (a redelivery after a failed
+publish) publishes ``conversation.finalize`` again if the conversation is
+finalizable; finalization is idempotent.
 
 Events (also published by the HTTP layer):
 
@@ -29,9 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
-from storage.conversations import ChunkNotFound, ConversationStore
+from storage.conversations import END_STATES, ChunkNotFound, ConversationStore
 from storage.s3_client import S3Client
 from storage.uploads import head_object, same_media_type
 from streams import names
@@ -44,6 +56,13 @@ UPLOAD_VERIFY_EVENT = "upload.verify"
 CHUNK_UPLOADED_EVENT = "chunk.uploaded"
 CONVERSATION_FINALIZE_EVENT = "conversation.finalize"
 UPLOAD_NOT_FOUND = "upload not found"
+UNVERIFIABLE = "upload could not be verified"
+#: Failed deliveries (exceptions, dead workers) of one verify event before the handler ends
+#: the chunk itself; deferrals do not count (``ctx.attempt`` bounds the window).
+VERIFY_MAX_ATTEMPTS = 5
+MAX_ERROR_CHARS = 500
+#: What a HEAD can raise besides "not found": S3 answering an error, or not answering.
+S3_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +127,28 @@ def make_upload_confirmation_handler(
             # Verified before, but the transcription event may not have been stored.
             await publish_transcription(publisher, upload, ctx.envelope.request_id)
             return
+        if chunk["status"] in END_STATES:
+            # A redelivery may come from a failed finalize publish after the chunk ended.
+            await _finalize_if_ready(upload.conversation_id, ctx)
+            return
         if chunk["status"] != "pending_verification":
             return
-        info = await head_object(s3, bucket=settings.s3_bucket, key=upload.key)
+        if ctx.deliveries > VERIFY_MAX_ATTEMPTS:
+            last = await _last_error(ctx)
+            await _fail(upload, f"{UNVERIFIABLE}: the check failed {VERIFY_MAX_ATTEMPTS} "
+                        f"times{': ' + last if last else ''}", ctx)
+            return
+        try:
+            info = await head_object(s3, bucket=settings.s3_bucket, key=upload.key)
+        except S3_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("upload_check_failed", conversation_id=upload.conversation_id,
+                        chunk_id=upload.chunk_id, attempt=ctx.attempt, error=reason)
+            if ctx.attempt < len(delays_s):
+                outcome("deferred")
+                ctx.defer(delays_s[ctx.attempt])
+            await _fail(upload, f"{UNVERIFIABLE}: {reason}", ctx)
+            return
         if info is not None:
             if info.size <= 0:
                 error = "upload is empty"
@@ -129,6 +167,7 @@ def make_upload_confirmation_handler(
         await _fail(upload, UPLOAD_NOT_FOUND, ctx)
 
     async def _fail(upload: UploadVerify, error: str, ctx: EventContext) -> None:
+        error = error[:MAX_ERROR_CHARS]
         try:
             result = await store.mark_failed(upload.conversation_id, upload.chunk_id, error=error)
         except ChunkNotFound:
@@ -138,6 +177,18 @@ def make_upload_confirmation_handler(
         outcome("failed")
         if result.finalizable:
             await publish_finalize(publisher, upload.conversation_id, ctx.envelope.request_id)
+
+    async def _finalize_if_ready(conversation_id: str, ctx: EventContext) -> None:
+        if await store.is_finalizable(conversation_id):
+            await publish_finalize(publisher, conversation_id, ctx.envelope.request_id)
+
+    async def _last_error(ctx: EventContext) -> str:
+        # Recorded by the runtime for the entry's last failed delivery (streams.consumer);
+        # the same lookup as transcription.consumer.last_error (which imports this module).
+        value = await store.redis.hget(
+            ctx.names.keys(ctx.stream).errors, f"{ctx.group}:{ctx.entry_id}"
+        )
+        return str(value) if value else ""
 
     return verify_upload
 
@@ -154,6 +205,8 @@ def upload_confirmation_group(
             store=store, s3=s3, publisher=publisher, settings=settings, on_outcome=on_outcome
         ),
         event_types={UPLOAD_VERIFY_EVENT: UploadVerify.from_payload},
+        # One more than our attempts: the handler itself ends the chunk on the last one.
+        max_deliveries=VERIFY_MAX_ATTEMPTS + 1,
     )
 
 

@@ -10,17 +10,18 @@ else. Presigned URLs are signed for the endpoint browsers reach
 
 from __future__ import annotations
 
+import hmac
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import botocore.auth
 from botocore.auth import S3SigV4PostAuth
 from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from botocore.signers import _should_use_global_endpoint
 
@@ -103,6 +104,32 @@ class PresignedPost:
     fields: dict[str, str]
 
 
+def _sigv4_signing_key(secret_key: str, day: str, region: str, service: str) -> bytes:
+    """The SigV4 signing key of one day (AWS's published derivation, four chained HMACs)."""
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
+
+
+class _PostAuth(S3SigV4PostAuth):
+    """botocore's POST signer, signing with a day key the presigner derives once a day.
+
+    ``SigV4Auth.signature`` derives the signing key (four HMACs) on every call,
+    which is most of the cost of a presigned POST; the policy and fields are
+    still built by botocore.
+    """
+
+    def __init__(self, credentials: ReadOnlyCredentials, region: str,
+                 signing_key: Callable[[str, str], bytes]) -> None:
+        super().__init__(credentials, "s3", region)
+        self._day_key = signing_key
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        key = self._day_key(self.credentials.secret_key, request.context["timestamp"][:8])
+        return hmac.digest(key, string_to_sign.encode(), "sha256").hex()
+
+
 class PostPresigner:
     """Presigned POSTs signed by botocore's SigV4 POST signer, the bucket's URL resolved once.
 
@@ -112,13 +139,24 @@ class PostPresigner:
     the URL once per bucket with the client's own (private) steps, then builds
     the same policy and signs it with :class:`botocore.auth.S3SigV4PostAuth`,
     the signer ``generate_presigned_post`` ends in, using the client's
-    credentials (refreshed by botocore when they are temporary ones).
+    credentials (refreshed by botocore when they are temporary ones) and a
+    signing key derived once a day rather than per call.
     ``tests/test_uploads.py`` checks the result against aiobotocore's own.
     """
 
     def __init__(self, client: S3Client) -> None:
         self._client = client
+        self._region: str = client.meta.region_name
         self._urls: dict[str, str] = {}
+        #: (secret key, day) -> signing key; only the latest is kept.
+        self._day_keys: dict[tuple[str, str], bytes] = {}
+
+    def _signing_key(self, secret_key: str, day: str) -> bytes:
+        key = self._day_keys.get((secret_key, day))
+        if key is None:
+            key = _sigv4_signing_key(secret_key, day, self._region, "s3")
+            self._day_keys = {(secret_key, day): key}
+        return key
 
     async def _url(self, bucket: str) -> str:
         cached = self._urls.get(bucket)
@@ -152,7 +190,8 @@ class PostPresigner:
         credentials = await self._client._request_signer._credentials.get_frozen_credentials()
         expires = datetime.now(UTC) + timedelta(seconds=expires_s)
         policy = {
-            "expiration": expires.strftime(botocore.auth.ISO8601),
+            # botocore.auth.ISO8601 ("%Y-%m-%dT%H:%M:%SZ"); isoformat is several times cheaper.
+            "expiration": expires.replace(tzinfo=None).isoformat(timespec="seconds") + "Z",
             "conditions": [
                 {"Content-Type": content_type},
                 ["content-length-range", 1, max_bytes],
@@ -164,7 +203,7 @@ class PostPresigner:
         request = AWSRequest(method="POST", url=url)
         request.context["s3-presign-post-fields"] = fields
         request.context["s3-presign-post-policy"] = policy
-        S3SigV4PostAuth(credentials, "s3", self._client.meta.region_name).add_auth(request)
+        _PostAuth(credentials, self._region, self._signing_key).add_auth(request)
         return PresignedPost(url=url, fields=fields)
 
 

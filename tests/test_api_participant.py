@@ -323,3 +323,41 @@ async def test_conversation_starts_are_limited_per_client_ip(make_client: Any) -
     refused = await start("10.0.0.1")
     assert refused.headers["RateLimit-Policy"] == '"initiate";q=2;w=60'
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_the_idle_sweeper_logs_an_unexpected_error_and_keeps_sweeping(
+    redis: RedisClient, api_env: dict[str, str]
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from config import Settings
+    from gateway.routes import idle_finish_loop
+    from storage.conversations import ConversationStore
+
+    class BrokenOnce(ConversationStore):
+        sweeps = 0
+
+        async def finish_idle(self, idle_s: float, **kwargs: Any) -> Any:
+            self.sweeps += 1
+            if self.sweeps == 1:
+                raise RuntimeError("a bug in one sweep")
+            return await super().finish_idle(idle_s, **kwargs)
+
+    settings = Settings.from_env({**api_env, "IDLE_FINISH_AFTER_S": "1"})
+    store = BrokenOnce(redis, key_prefix=settings.redis_key_prefix)
+    services = SimpleNamespace(settings=settings, store=store, publisher=None)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(idle_finish_loop(services, stop))  # type: ignore[arg-type]
+        deadline = asyncio.get_running_loop().time() + 10
+        while store.sweeps < 2:
+            assert not task.done(), "the sweeper stopped"
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    failures = [e for e in logs if e["event"] == "idle_sweep_failed"]
+    assert failures and failures[0]["log_level"] == "error" and failures[0].get("exc_info")

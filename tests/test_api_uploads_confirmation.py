@@ -16,20 +16,27 @@ from config import Settings
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from storage.upload_confirmation import upload_confirmation_group
+from storage.upload_confirmation import (
+    UploadVerify, publish_verification, upload_confirmation_group,
+)
 from streams.consumer import ConsumerRuntime
+from streams.names import StreamNames
 from streams.publisher import Publisher
 
 
 @pytest.fixture
 async def run_consumer(redis: RedisClient, s3: S3Client) -> AsyncIterator[Any]:
-    """``await run_consumer(settings)`` starts the real consumer runtime with the group."""
+    """``await run_consumer(settings)`` starts the real consumer runtime with the group
+    (``s3=`` and ``publisher=`` replace the real ones)."""
     runtimes: list[ConsumerRuntime] = []
 
-    async def start(settings: Settings) -> ConsumerRuntime:
+    async def start(
+        settings: Settings, *, s3_client: Any = None, publisher: Publisher | None = None
+    ) -> ConsumerRuntime:
         spec = upload_confirmation_group(
-            store=ConversationStore(redis, key_prefix=settings.redis_key_prefix), s3=s3,
-            publisher=Publisher.from_settings(redis, settings), settings=settings,
+            store=ConversationStore(redis, key_prefix=settings.redis_key_prefix),
+            s3=s3_client or s3, publisher=publisher or Publisher.from_settings(redis, settings),
+            settings=settings,
         )
         runtime = ConsumerRuntime(redis, settings, CollectorRegistry(), [spec], consumer_name="t")
         await runtime.start()
@@ -124,3 +131,158 @@ async def test_the_registry_factory_builds_the_group_from_the_app(make_client: A
     spec = upload_confirmation_spec(client.server.app)
     assert (spec.stream, spec.group) == (names.UPLOADS, names.UPLOAD_CONFIRMATION_GROUP)
     assert set(spec.event_types) == {UPLOAD_VERIFY_EVENT}
+
+
+# --- lost finalize events, S3 errors, dead letters
+
+
+class FlakyPublisher(Publisher):
+    """Fails the first ``fail`` publications of ``event_type`` (a Redis hiccup on the XADD)."""
+
+    def __init__(self, *args: Any, event_type: str, fail: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.event_type, self.fail = event_type, fail
+
+    async def publish(self, stream: str, event_type: str, payload: Any, **kwargs: Any) -> str:
+        if event_type == self.event_type and self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("XADD failed")
+        return await super().publish(stream, event_type, payload, **kwargs)
+
+
+class FailingHeads:
+    """The real S3 client whose first ``fail`` HEADs answer ``code`` (an outage, a 403)."""
+
+    def __init__(self, s3: S3Client, *, fail: int, code: str = "503") -> None:
+        self._s3, self.fail, self.code, self.heads = s3, fail, code, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    async def head_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        self.heads += 1
+        if self.heads <= self.fail:
+            raise ClientError({"Error": {"Code": self.code, "Message": "Service Unavailable"}},
+                              "HeadObject")
+        return await self._s3.head_object(**kwargs)
+
+
+async def _pending_upload(
+    redis: RedisClient, settings: Settings, *, finished: bool
+) -> tuple[ConversationStore, UploadVerify]:
+    """A listed ``pending_verification`` chunk (its verify event published) of a conversation."""
+    import uuid
+
+    store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
+    project = await store.create_project({"name": "p"})
+    cid = (await store.create_conversation(project["id"], {"title": "t"}))["id"]
+    chunk_id = str(uuid.uuid4())
+    key = f"conversation/{cid}/chunks/{chunk_id}-c.webm"
+    await store.issue_chunk(cid, chunk_id, path=key, filename="c.webm", content_type="audio/webm",
+                            ttl_s=600)
+    await store.confirm_chunk(cid, chunk_id, path=key, timestamp="2026-01-01T10:00:00Z",
+                              source="PORTAL_AUDIO", verified=False)
+    if finished:
+        await store.finish(cid)
+    upload = UploadVerify(cid, chunk_id, key, "audio/webm")
+    await publish_verification(Publisher.from_settings(redis, settings), upload)
+    return store, upload
+
+
+async def _finalize_events(redis: RedisClient, cid: str) -> list[dict[str, Any]]:
+    return [e for e in await stream_events(redis, "transcription")
+            if e["type"] == "conversation.finalize" and e["payload"]["conversation_id"] == cid]
+
+
+async def test_a_lost_finalize_publication_is_repeated_when_the_event_is_redelivered(
+    api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+) -> None:
+    """The chunk is already ``failed`` on the redelivery; finalize is still published."""
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1"})
+    store, upload = await _pending_upload(redis, settings, finished=True)
+    publisher = FlakyPublisher(redis, StreamNames(settings.redis_key_prefix),
+                               event_type="conversation.finalize")
+    await run_consumer(settings, publisher=publisher)
+
+    async def finalize_published() -> bool:
+        return bool(await _finalize_events(redis, upload.conversation_id))
+
+    await _wait_for(finalize_published, timeout_s=15)
+    assert publisher.fail == 0  # the first publication did fail
+    chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+    assert chunk is not None and (chunk["status"], chunk["error"]) == ("failed", "upload not found")
+
+
+async def test_an_s3_error_within_the_window_defers_and_the_upload_is_still_verified(
+    api_env: dict[str, str], redis: RedisClient, s3: S3Client, run_consumer: Any
+) -> None:
+    """More failing HEADs than the runtime's deliveries: deferred, not dead-lettered."""
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": ",".join(["0.1"] * 8)})
+    store, upload = await _pending_upload(redis, settings, finished=False)
+    await s3.put_object(Bucket=settings.s3_bucket, Key=upload.key, Body=b"audio",
+                        ContentType="audio/webm")
+    heads = FailingHeads(s3, fail=settings.stream_max_deliveries + 1)
+    await run_consumer(settings, s3_client=heads)
+
+    async def uploaded() -> bool:
+        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+        return chunk is not None and chunk["status"] == "uploaded"
+
+    await _wait_for(uploaded, timeout_s=15)
+    assert heads.heads == heads.fail + 1
+    assert await redis.xlen("echo:{uploads}:dead") == 0
+
+
+async def test_an_upload_s3_refuses_to_show_fails_readably_when_the_window_is_spent(
+    api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+) -> None:
+    """AWS answers 403 (not 404) for a missing object without ListBucket: the chunk must not
+    stay ``pending_verification`` (here a real 403: the verifier's credentials are wrong)."""
+    from storage.s3_client import open_s3
+
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1,0.1"})
+    store, upload = await _pending_upload(redis, settings, finished=True)
+    wrong = Settings.from_env({**api_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    async with open_s3(wrong) as refusing_s3:
+        await run_consumer(settings, s3_client=refusing_s3)
+
+        async def failed() -> bool:
+            chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+            return chunk is not None and chunk["status"] == "failed"
+
+        await _wait_for(failed, timeout_s=15)
+    chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+    assert chunk is not None and chunk["error"].startswith("upload could not be verified: ")
+    assert "403" in chunk["error"]
+    assert len(await _finalize_events(redis, upload.conversation_id)) == 1
+    assert await redis.xlen("echo:{uploads}:dead") == 0
+
+
+async def test_a_delivery_past_the_attempts_fails_the_chunk_instead_of_dead_lettering_it(
+    api_env: dict[str, str], redis: RedisClient, s3: S3Client
+) -> None:
+    """The group's handler sees one delivery more than it retries (e.g. the worker died on
+    each): it ends the chunk itself, so a dead-lettered verify event cannot strand it."""
+    from streams.envelope import decode
+    from streams.spec import EventContext
+
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1"})
+    store, upload = await _pending_upload(redis, settings, finished=True)
+    spec = upload_confirmation_group(
+        store=store, s3=s3, publisher=Publisher.from_settings(redis, settings), settings=settings,
+    )
+    assert spec.max_deliveries is not None
+    [(entry_id, fields)] = await redis.xrange("echo:{uploads}")
+    envelope = decode(fields)
+    ctx = EventContext(
+        stream=spec.stream, group=spec.group, entry_id=entry_id, envelope=envelope,
+        payload=UploadVerify.from_payload(envelope.payload), deliveries=spec.max_deliveries,
+        names=StreamNames(settings.redis_key_prefix),
+    )
+    await spec.handler(ctx)  # the object is not there and the window is not spent: no matter
+    chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+    assert chunk is not None and chunk["status"] == "failed"
+    assert chunk["error"].startswith("upload could not be verified: ")
+    assert len(await _finalize_events(redis, upload.conversation_id)) == 1

@@ -7,12 +7,16 @@ import itertools
 from typing import Any
 
 from api_support import (  # noqa: F401  (fixtures)
-    HOST_HEADERS, P, api_env, client, get_upload_url, make_client, new_id, open_conversation,
+    HOST_HEADERS, P, api_env, client, confirm, get_upload_url, make_client, new_id,
+    open_conversation,
 )
+
+from devstack.servers import free_port
 
 WEIRD_VALUES: list[Any] = [
     None, True, 0, -1, 1.5, 10**30, "", " ", "x" * 5000, "not-a-uuid", "../../x", "\u0000",
     [], [1, 2], {}, {"a": {"b": []}}, "2026-13-45T99:99:99Z",
+    "\ud800 lone surrogate", "caf\u00e9 \U0001f3a4",
 ]
 
 
@@ -113,3 +117,14 @@ async def test_upload_chunk_refuses_an_oversized_file_with_413(make_client: Any)
     resp = await client.post(f"{P}/conversations/{conversation['id']}/upload-chunk", data=form)
     await _assert_json_error(resp, (413,))
 
+
+
+async def test_confirm_with_s3_unreachable_is_a_202_not_an_error(make_client: Any) -> None:
+    """A failing S3 only means "not visible yet": the background check takes over."""
+    client = await make_client(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    project, conversation = await open_conversation(client)
+    cid = conversation["id"]
+    grant = await get_upload_url(client, cid)  # presigning needs no network
+    resp = await confirm(client, cid, grant)
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["status"] == "pending_verification"

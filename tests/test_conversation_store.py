@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import uuid
+from typing import Any
 
 import pytest
 
 from storage.conversations import (
     ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ConversationStore,
 )
+from config import Settings
 from storage.redis_client import RedisClient
+from streams.names import StreamNames
+from streams.publisher import Publisher
 
 T = "2026-01-01T10:00:00Z"
 
@@ -154,6 +160,66 @@ async def test_idle_conversations_are_finished_once_even_by_concurrent_sweepers(
     assert finished.count(idle) == 1
     conversation = await store.get_conversation(idle)
     assert conversation is not None and conversation["finish_reason"] == "idle"
+
+
+async def test_an_idle_conversation_stays_in_the_idle_set_until_its_finalize_event_is_stored(
+    store: ConversationStore, redis: RedisClient, settings: Settings
+) -> None:
+    """One failed publication in a sweep loses no finalize event: the next sweep retries."""
+    from types import SimpleNamespace
+
+    from gateway.routes import sweep_idle_once
+
+    settings = dataclasses.replace(settings, idle_finish_after_s=1)
+    first, second = await _conversation(store), await _conversation(store)
+    publisher = _FailingOnce(redis, StreamNames(settings.redis_key_prefix))
+    services = SimpleNamespace(settings=settings, store=store, publisher=publisher)
+    await asyncio.sleep(1.1)
+    with pytest.raises(ConnectionError):
+        await sweep_idle_once(services)  # type: ignore[arg-type]
+    assert await redis.zcard(store.idle_key()) == 2  # nothing published, nothing forgotten
+    deadline = asyncio.get_running_loop().time() + 10
+    while await redis.zcard(store.idle_key()):
+        assert asyncio.get_running_loop().time() < deadline, "the idle set was not emptied"
+        await asyncio.sleep(0.2)
+        await sweep_idle_once(services)  # type: ignore[arg-type]
+    finalize = [json.loads(f["payload"])["conversation_id"]
+                for _, f in await redis.xrange("echo:{transcription}")]
+    assert sorted(finalize) == sorted([first, second])
+    for cid in (first, second):
+        conversation = await store.get_conversation(cid)
+        assert conversation is not None and conversation["finish_reason"] == "idle"
+
+
+class _FailingOnce(Publisher):
+    """The first publication fails (a Redis hiccup on the XADD)."""
+
+    failed = False
+
+    async def publish(self, *args: Any, **kwargs: Any) -> str:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("XADD failed")
+        return await super().publish(*args, **kwargs)
+
+
+async def test_deleting_a_chunk_of_a_finalized_conversation_reopens_it(
+    store: ConversationStore, redis: RedisClient
+) -> None:
+    """The stored transcript still holds the deleted chunk: the conversation is finalized again."""
+    cid = await _conversation(store)
+    kept, _ = await store.add_text_chunk(cid, content="kept", timestamp=T, source="PORTAL_TEXT")
+    gone, _ = await store.add_text_chunk(cid, content="gone", timestamp=T, source="PORTAL_TEXT")
+    await store.finish(cid)
+    assert await store.mark_finalized(cid, merged_transcript="kept\n\ngone", summary=None) == "ok"
+    generation = int(await redis.hget(store.conversation_key(cid), "final_gen"))
+    assert await store.delete_chunk(cid, gone["id"])
+    conversation = await store.get_conversation(cid)
+    assert conversation is not None and conversation["finalized_at"] is None
+    assert not conversation["is_all_chunks_transcribed"]
+    assert int(await redis.hget(store.conversation_key(cid), "final_gen")) == generation + 1
+    assert await store.is_finalizable(cid)
+    assert await store.mark_finalized(cid, merged_transcript="kept", summary=None) == "ok"
 
 
 async def test_activity_keeps_a_conversation_open(store: ConversationStore) -> None:

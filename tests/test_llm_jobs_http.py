@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -98,8 +99,14 @@ async def test_the_host_api_checks_token_project_and_body(
     assert (await client.post(url, json={"query": "x"})).status == 401
     empty = await client.post(url, json={"query": " "}, headers=AUTH)
     assert empty.status == 400 and (await empty.json())["code"] == "bad_request"
-    unknown = await client.post("/api/projects/nope/auto-select", json={"query": "x"}, headers=AUTH)
+    malformed = await client.post("/api/projects/nope/auto-select", json={"query": "x"}, headers=AUTH)
+    assert malformed.status == 400
+    unknown = await client.post(
+        f"/api/projects/{uuid.uuid4()}/auto-select", json={"query": "x"}, headers=AUTH
+    )
     assert unknown.status == 404
+    bad_language = await client.post(url, json={"query": "x", "language": "{x}"}, headers=AUTH)
+    assert bad_language.status == 400
     assert (await client.get("/api/jobs/nope", headers=AUTH)).status == 404
     assert (await client.get("/api/jobs/nope")).status == 401
 

@@ -75,6 +75,8 @@ def test_settings_that_go_together_are_checked(env: dict[str, str], variable: st
 
 def test_secrets_never_show_in_repr_or_describe() -> None:
     settings = Settings.from_env({
+        "REDIS_URL": "rediss://app:redis-very-secret@cache.internal:6380/0",
+        "S3_ENDPOINT_URL": "https://user:s3-very-secret@s3.internal",
         "ANTHROPIC_API_KEY": "sk-ant-very-secret",
         "AWS_ACCESS_KEY_ID": "AKIA-secret-id",
         "AWS_SECRET_ACCESS_KEY": "aws-very-secret",
@@ -87,6 +89,8 @@ def test_secrets_never_show_in_repr_or_describe() -> None:
         assert secret not in shown
     assert settings.anthropic_api_key.reveal() == "sk-ant-very-secret"
     rows = {name: value for name, value, _ in settings.describe()}
+    assert rows["REDIS_URL"] == "rediss://app:***@cache.internal:6380/0"
+    assert settings.redis_url == "rediss://app:redis-very-secret@cache.internal:6380/0"
     assert rows["ANTHROPIC_API_KEY"] == "(set, hidden)"
     assert rows["TRANSCRIBER_API_KEY"] == "(set, hidden)"
     assert repr(Secret("x")) == "Secret('**********')"

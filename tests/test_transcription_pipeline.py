@@ -413,3 +413,81 @@ async def test_a_chunk_confirmed_after_finalization_reopens_and_refinalizes(
     assert text == "first words\n\nfirst words\n"
     assert [e["idem"] for e in await summary_requests(redis, cid)] == [
         f"summary:{cid}:1", f"summary:{cid}:2"]
+
+
+async def test_a_finalizer_that_lost_its_claim_never_overwrites_a_newer_transcript(
+    store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
+) -> None:
+    """A finalizer slowed down between its writes (claim expired, a chunk added, a newer
+    finalizer committed) must not write its older transcript over the newer one."""
+    from transcription.finalization import Finalizer
+
+    project = await store.create_project({"name": "p"})
+    cid = (await store.create_conversation(project["id"], {"title": "t"}))["id"]
+    await store.add_text_chunk(cid, content="old words", timestamp="2026-01-01T10:00:00Z",
+                               source="PORTAL_TEXT")
+    await store.finish(cid)
+    publisher = Publisher.from_settings(redis, settings)
+
+    def finalizer(s3_client: Any) -> Finalizer:
+        return Finalizer(redis=redis, store=store, s3=s3_client, publisher=publisher,
+                         settings=settings, metrics=TranscriptionMetrics(CollectorRegistry()))
+
+    newer_outcomes: list[str] = []
+
+    class StallsAfterTheFirstWrite:
+        def __init__(self) -> None:
+            self.puts = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3, name)
+
+        async def put_object(self, **kwargs: Any) -> Any:
+            result = await s3.put_object(**kwargs)
+            self.puts += 1
+            if self.puts == 1:  # meanwhile, the world moves on
+                await redis.hset(store.conversation_key(cid), "final_claim_until_ms", 0)
+                await store.add_text_chunk(cid, content="new words",
+                                           timestamp="2026-01-01T10:00:30Z", source="PORTAL_TEXT")
+                newer_outcomes.append(await finalizer(s3).finalize(cid, "2-0"))
+            return result
+
+    slow = StallsAfterTheFirstWrite()
+    assert await finalizer(slow).finalize(cid, "1-0") == "lost"
+    assert newer_outcomes == ["finalized"]
+    assert slow.puts == 1  # it saw that it lost the claim and wrote nothing more
+    json_key, text_key = transcript_keys(cid)
+    assert (await read_object(s3, settings, text_key)).decode() == "old words\n\nnew words\n"
+    doc = json.loads(await read_object(s3, settings, json_key))
+    assert doc["text"] == "old words\n\nnew words"
+
+
+async def test_deleting_a_chunk_after_finalization_refinalizes_without_it(
+    store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
+    run_workers: Runner, client: Any,
+) -> None:
+    project = await store.create_project({"name": "p"})
+    cid = (await store.create_conversation(project["id"], {"title": "t"}))["id"]
+    await store.add_text_chunk(cid, content="kept words", timestamp="2026-01-01T10:00:00Z",
+                               source="PORTAL_TEXT")
+    gone, _ = await store.add_text_chunk(cid, content="deleted words",
+                                         timestamp="2026-01-01T10:00:30Z", source="PORTAL_TEXT")
+    await store.finish(cid)
+    publisher = Publisher.from_settings(redis, settings)
+
+    async def finalizations() -> bool:
+        raw = await redis.hgetall(store.conversation_key(cid))
+        return raw.get("finalizations") == "2" and bool(raw.get("finalized_ms"))
+
+    async with run_workers(NoopTranscriber("unused")):
+        await publish_finalize(publisher, cid)
+        await wait_for(lambda: _finalized(store, cid), "the first finalization")
+        resp = await client.delete(f"{P}/projects/{project['id']}/conversations/{cid}"
+                                   f"/chunks/{gone['id']}")
+        assert resp.status == 200, await resp.text()
+        await wait_for(finalizations, "the second finalization", deadline_s=20)
+        await _drained(redis)
+    text = (await read_object(s3, settings, transcript_keys(cid)[1])).decode()
+    assert text == "kept words\n"
+    assert [e["idem"] for e in await summary_requests(redis, cid)] == [
+        f"summary:{cid}:2", f"summary:{cid}:3"]

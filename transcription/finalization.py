@@ -15,7 +15,12 @@ counts is made again in Redis by the finalizer:
    (``final_gen``: bumped by every chunk listed or deleted);
 2. the chunks are read and merged in timestamp order; ``transcript.json`` and
    ``transcript.txt`` are written to ``conversation/<id>/`` (fixed keys: a
-   repeat overwrites with the same content);
+   repeat overwrites with the same content). Right before each write
+   ``finalize_check.lua`` checks that the claim is still ours and the
+   generation unchanged, and renews the claim: a finalizer that was slow past
+   its claim (``FINALIZATION_CLAIM_S``) or saw a chunk come or go writes
+   nothing, so it cannot overwrite a newer generation's files (a single write
+   that outlasts the renewed claim still could);
 3. ``finalize_commit.lua`` sets ``finalized_ms``, ``is_all_chunks_transcribed``
    and the merged transcript only if the claim is still ours and the
    generation unchanged; if a chunk arrived meanwhile it answers ``stale`` and
@@ -28,7 +33,9 @@ counts is made again in Redis by the finalizer:
 A chunk that arrives after finalization re-opens the conversation
 (``storage/lua/confirm_chunk.lua``): ``finalized_ms`` is cleared, the
 generation moves on, and when the chunk ends the conversation is finalized
-again, overwriting the transcript files.
+again, overwriting the transcript files. Deleting a chunk re-opens it the same
+way (``storage/lua/delete_chunk.lua``), and the deleting request publishes the
+finalize event.
 """
 
 from __future__ import annotations
@@ -127,6 +134,9 @@ class Finalizer:
         self._commit = redis.register_script(
             prelude + "\n" + (here / "finalize_commit.lua").read_text(encoding="utf-8")
         )
+        self._check = redis.register_script(
+            prelude + "\n" + (here / "finalize_check.lua").read_text(encoding="utf-8")
+        )
 
     async def finalize(self, conversation_id: str, token: str, request_id: str = "") -> str:
         """Finalize if this event should; the outcome (``finalized``, ``already``, ``busy``...)."""
@@ -144,7 +154,7 @@ class Finalizer:
             if state != "claimed":
                 return self._outcome(state)  # not_ready | busy | no_conversation
             generation = int(reply[1])
-            committed = await self._run_once(conversation_id, key, token, generation)
+            committed = await self._run_once(conversation_id, key, token, generation, claim_ms)
             if committed == "ok":
                 await self._request_summary(conversation_id, generation, request_id)
                 log.info("conversation_finalized", conversation_id=conversation_id,
@@ -159,7 +169,9 @@ class Finalizer:
         self._metrics.finalizations.labels(name).inc()
         return name
 
-    async def _run_once(self, conversation_id: str, key: str, token: str, generation: int) -> str:
+    async def _run_once(
+        self, conversation_id: str, key: str, token: str, generation: int, claim_ms: int
+    ) -> str:
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None:
             return "no_conversation"
@@ -168,14 +180,18 @@ class Finalizer:
         json_key, text_key = transcript_keys(conversation_id)
         doc = transcript_document(conversation, chunks, generation, merged)
         bucket = self._settings.s3_bucket
-        await self._s3.put_object(
-            Bucket=bucket, Key=json_key, ContentType="application/json",
-            Body=json.dumps(doc, ensure_ascii=False, indent=1).encode(),
-        )
-        await self._s3.put_object(
-            Bucket=bucket, Key=text_key, ContentType="text/plain; charset=utf-8",
-            Body=(merged + "\n").encode() if merged else b"",
-        )
+        writes = [
+            (json_key, "application/json", json.dumps(doc, ensure_ascii=False, indent=1).encode()),
+            (text_key, "text/plain; charset=utf-8", (merged + "\n").encode() if merged else b""),
+        ]
+        for object_key, content_type, body in writes:
+            # Still ours, still this generation? (renews the claim for the write)
+            check = await self._check(keys=[key], args=[token, generation, claim_ms])
+            if str(check[0]) != "ok":
+                return str(check[0])  # stale | lost | done | no_conversation
+            await self._s3.put_object(
+                Bucket=bucket, Key=object_key, ContentType=content_type, Body=body
+            )
         failed = doc["counts"]["failed"]
         reply = await self._commit(keys=[key], args=[
             token, generation, "merged_transcript", merged, "transcript_json_key", json_key,

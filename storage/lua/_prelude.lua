@@ -14,9 +14,10 @@ local function finalizable(conv)
   local v = redis.call('HMGET', conv, 'is_finished', 'open_chunks', 'finalized_ms')
   return (v[1] == '1' and (tonumber(v[2]) or 0) <= 0 and not v[3]) and 1 or 0
 end
--- A chunk is being listed: a finalized conversation re-opens (it is finalized again once
--- the chunk ends), and final_gen moves on, so a finalizer that read an older set of chunks
--- cannot commit (transcription/lua/finalize_commit.lua). was_finalized: the conversation's
+-- A chunk is being listed (or deleted: delete_chunk.lua): a finalized conversation re-opens
+-- (it is finalized again once the chunk ends, or at once after a deletion), and final_gen
+-- moves on, so a finalizer that read an older set of chunks cannot commit
+-- (transcription/lua/finalize_commit.lua). was_finalized: the conversation's
 -- finalized_ms as read by the caller.
 local function list_new_chunk(conv, was_finalized, now)
   if was_finalized then
