@@ -14,7 +14,6 @@ raises, so the stream retries the event and finally dead-letters it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,7 +32,7 @@ from llm.selection import (
 )
 from llm.summary import put_summary_s3, summarize, summary_s3_key
 from storage.conversations import ConversationStore
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, lua_source
 from storage.s3_client import S3Client
 from streams import names
 from streams.spec import EventContext, GroupSpec
@@ -100,8 +99,7 @@ class LlmHandlers:
         self._settings = settings
         self._store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
         self._source = source or StoreConversationSource(self._store)
-        lua = (Path(__file__).parent / "lua" / "store_summary.lua").read_text(encoding="utf-8")
-        self._store_summary = redis.register_script(lua)
+        self._store_summary = redis.register_script(lua_source(__file__, "store_summary.lua"))
 
     @property
     def jobs(self) -> JobStore:

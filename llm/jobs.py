@@ -16,19 +16,18 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llm.client import BoundedLlm
 from llm.keys import job_key
 from llm.selection import BatchResult, Item, merge_selected, select_batch
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, lua_source
 
 JOB_TTL_S = 7 * 24 * 3600
 
 
 def _lua(name: str) -> str:
-    return (Path(__file__).parent / "lua" / name).read_text(encoding="utf-8")
+    return lua_source(__file__, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,20 +26,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from llm.keys import LimiterKeys
 from llm.metrics import LlmMetrics
-from storage.redis_client import REDIS_UNAVAILABLE_ERRORS, RedisClient
+from storage.redis_client import REDIS_UNAVAILABLE_ERRORS, RedisClient, lua_source
 
 log = structlog.get_logger(__name__)
 
 
 def _lua(name: str) -> str:
-    return (Path(__file__).parent / "lua" / name).read_text(encoding="utf-8")
+    return lua_source(__file__, name)
 
 
 class PermitUnavailable(Exception):

@@ -23,17 +23,16 @@ import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, lua_source
 
 
 def load_lua(name: str) -> str:
     """The text of ``storage/lua/<name>``."""
-    return (Path(__file__).resolve().parent / "lua" / name).read_text(encoding="utf-8")
+    return lua_source(__file__, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -47,6 +48,12 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 HEALTH_CHECK_INTERVAL_S = 30
+
+
+def lua_source(module_file: str, name: str) -> str:
+    """The text of ``lua/<name>`` beside ``module_file`` (pass ``__file__``): every package
+    keeps its scripts there, shipped as package data."""
+    return (Path(module_file).resolve().parent / "lua" / name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,7 @@ def make_upload_confirmation_handler(
         if chunk["status"] != "pending_verification":
             return
         if ctx.deliveries > VERIFY_MAX_ATTEMPTS:
-            last = await _last_error(ctx)
+            last = await ctx.last_error(store.redis)
             await _fail(upload, f"{UNVERIFIABLE}: the check failed {VERIFY_MAX_ATTEMPTS} "
                         f"times{': ' + last if last else ''}", ctx)
             return
@@ -181,14 +181,6 @@ def make_upload_confirmation_handler(
     async def _finalize_if_ready(conversation_id: str, ctx: EventContext) -> None:
         if await store.is_finalizable(conversation_id):
             await publish_finalize(publisher, conversation_id, ctx.envelope.request_id)
-
-    async def _last_error(ctx: EventContext) -> str:
-        # Recorded by the runtime for the entry's last failed delivery (streams.consumer);
-        # the same lookup as transcription.consumer.last_error (which imports this module).
-        value = await store.redis.hget(
-            ctx.names.keys(ctx.stream).errors, f"{ctx.group}:{ctx.entry_id}"
-        )
-        return str(value) if value else ""
 
     return verify_upload
 

@@ -322,7 +322,7 @@ class _Group:
         self._drop(entry.entry_id)
 
     def _error_field(self, entry_id: str) -> str:
-        return f"{self.spec.group}:{entry_id}"
+        return StreamNames.error_field(self.spec.group, entry_id)
 
     async def _failed(self, entry: _Entry, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -65,6 +65,11 @@ class StreamNames:
     def catalogue(self) -> list[StreamKeys]:
         return [self.keys(name) for name in STREAMS]
 
+    @staticmethod
+    def error_field(group: str, entry_id: str) -> str:
+        """Field of the stream's ``errors`` hash holding an entry's last handler error."""
+        return f"{group}:{entry_id}"
+
     def done_marker(self, tag: str, scope: str, idempotency_key: str) -> str:
         """Key of an idempotency marker under a handler-chosen hash tag, e.g. ``c:<uuid>``."""
         return f"{self.prefix}:{{{tag}}}:done:{scope}:{idempotency_key}"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, lua_source
 
 
 def _source(name: str) -> str:
-    # Beside this module (package data "*.lua"); plain paths work for editable installs too.
-    return (Path(__file__).parent / "lua" / f"{name}.lua").read_text()
+    return lua_source(__file__, f"{name}.lua")
 
 
 @dataclass(frozen=True, slots=True)

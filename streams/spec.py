@@ -89,6 +89,14 @@ class EventContext:
         """
         return self.names.done_marker(tag, self.group, self.idempotency_key)
 
+    async def last_error(self, redis: Any) -> str:
+        """The error the runtime recorded for this entry's last failed delivery ("" if none);
+        kept in the stream's ``errors`` hash while the entry is pending."""
+        value = await redis.hget(
+            self.names.keys(self.stream).errors, self.names.error_field(self.group, self.entry_id)
+        )
+        return str(value) if value else ""
+
     def defer(self, delay_s: float, payload_update: Mapping[str, Any] | None = None) -> None:
         """Stop here and run this event again in ``delay_s`` (raises :class:`Defer`)."""
         raise Defer(delay_s, payload_update)

@@ -91,7 +91,7 @@ class TranscriptionHandler:
         if status not in ("uploaded", "transcribing"):
             return  # still being verified: the verifier publishes again when it is uploaded
         if ctx.deliveries > self.max_attempts:
-            last = await last_error(self._store, ctx)
+            last = await ctx.last_error(self._store.redis)
             await self._fail(ctx, upload, f"transcription gave up after {self.max_attempts} "
                              f"attempts (the worker stopped mid-way){': ' + last if last else ''}")
             return
@@ -156,18 +156,6 @@ class TranscriptionHandler:
         # publishes again (the first delivery may have died before its publish).
         if finalizable and (changed or ctx.deliveries > 1):
             await publish_finalize(self._publisher, conversation_id, ctx.envelope.request_id)
-
-
-async def last_error(store: ConversationStore, ctx: EventContext) -> str:
-    """The error the runtime recorded for this entry's last failed delivery ("" if none).
-
-    The runtime keeps it in the stream's ``errors`` hash under ``<group>:<entry id>``
-    (``streams.consumer``) while the entry is pending.
-    """
-    value = await store.redis.hget(
-        ctx.names.keys(ctx.stream).errors, f"{ctx.group}:{ctx.entry_id}"
-    )
-    return str(value) if value else ""
 
 
 def transcription_group(handler: TranscriptionHandler, settings: Settings) -> GroupSpec:

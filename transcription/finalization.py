@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -50,7 +49,7 @@ import structlog
 from config import Settings
 from storage.conversations import ConversationStore
 from storage.ratelimit import load_lua
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, lua_source
 from storage.s3_client import S3Client
 from streams import names
 from streams.publisher import Publisher
@@ -126,16 +125,11 @@ class Finalizer:
         self._publisher = publisher
         self._settings = settings
         self._metrics = metrics
+        # The store's prelude (now_ms, finalizable, ...) comes first, as in the store's scripts.
         prelude = load_lua("_prelude.lua")
-        here = Path(__file__).parent / "lua"
-        self._begin = redis.register_script(
-            prelude + "\n" + (here / "finalize_begin.lua").read_text(encoding="utf-8")
-        )
-        self._commit = redis.register_script(
-            prelude + "\n" + (here / "finalize_commit.lua").read_text(encoding="utf-8")
-        )
-        self._check = redis.register_script(
-            prelude + "\n" + (here / "finalize_check.lua").read_text(encoding="utf-8")
+        self._begin, self._commit, self._check = (
+            redis.register_script(prelude + "\n" + lua_source(__file__, f"finalize_{step}.lua"))
+            for step in ("begin", "commit", "check")
         )
 
     async def finalize(self, conversation_id: str, token: str, request_id: str = "") -> str:
