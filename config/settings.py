@@ -126,6 +126,10 @@ def _redis_url(raw: str) -> str | None:
         return None
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    query = value.partition("?")[2].lower()
+    if any(option.startswith("ssl") for option in query.replace(";", "&").split("&")):
+        # redis-py would let them override the verification this service always does.
+        raise ValueError("TLS options in the URL are not accepted; use REDIS_CA_FILE")
     return value
 
 
@@ -219,6 +223,11 @@ class Settings:
     )
     redis_key_prefix: str = _setting(
         "REDIS_KEY_PREFIX", _str, "echo", "prefix of every Redis key and stream name"
+    )
+    redis_autopipeline: bool = _setting(
+        "REDIS_AUTOPIPELINE", _bool, True,
+        "send the API's Redis scripts over one auto-pipelined connection per process "
+        "(not on Cluster); false uses the pool for them too",
     )
 
     # S3

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter
 from config import Settings
 from storage.conversations import ConversationStore
 from storage.ratelimit import RateLimitMetrics, SlidingWindowLimiter
+from storage.redis_autopipeline import AutoPipeline
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 from storage.uploads import PostPresigner
@@ -52,11 +53,12 @@ class ApiServices:
     @classmethod
     def build(
         cls, settings: Settings, redis: RedisClient, s3: S3Client, s3_presign: S3Client,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry, autopipeline: AutoPipeline | None = None,
     ) -> ApiServices:
+        """``autopipeline``, when given, carries the store's scripts and the limiters' checks."""
         prefix = settings.redis_key_prefix
         rl_metrics = RateLimitMetrics(registry)
-        store = ConversationStore(redis, key_prefix=prefix)
+        store = ConversationStore(redis, key_prefix=prefix, autopipeline=autopipeline)
         return cls(
             settings=settings,
             store=store,
@@ -64,16 +66,19 @@ class ApiServices:
             upload_url_limiter=SlidingWindowLimiter(
                 redis, name="upload-url", limit=settings.upload_url_limit_per_window,
                 window_s=settings.upload_url_limit_window_s, key_prefix=prefix, metrics=rl_metrics,
+                autopipeline=autopipeline,
                 # beside the conversation, so get-upload-url is one script (see the store)
                 key_fn=lambda cid: store.conversation_limit_key(cid, "upload-url"),
             ),
             initiate_limiter=SlidingWindowLimiter(
                 redis, name="initiate", limit=settings.initiate_limit_per_window,
                 window_s=settings.initiate_limit_window_s, key_prefix=prefix, metrics=rl_metrics,
+                autopipeline=autopipeline,
             ),
             ping_limiter=SlidingWindowLimiter(
                 redis, name="ping", limit=settings.ping_limit_per_window,
                 window_s=settings.ping_limit_window_s, key_prefix=prefix, metrics=rl_metrics,
+                autopipeline=autopipeline,
             ),
             s3=s3,
             s3_presign=s3_presign,

@@ -14,7 +14,7 @@ from gateway.appkeys import HTTP_METRICS, METRICS_REGISTRY, SETTINGS
 from gateway.lifecycle import redis_ctx, s3_ctx
 from gateway.metrics import HttpMetrics
 from gateway.routes import add_api_routes
-from gateway.middlewares import error_middleware_factory, request_middleware_factory
+from gateway.middlewares import gateway_middleware_factory
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
@@ -38,8 +38,9 @@ def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> 
     (every consumer group under ``dev``, for instance) and stop before they close.
     """
     app = _base_app(settings, [
-        request_middleware_factory(settings.cors_allow_origins, security_headers=True),
-        error_middleware_factory(settings.max_body_bytes),
+        gateway_middleware_factory(
+            settings.cors_allow_origins, security_headers=True, max_body_bytes=settings.max_body_bytes
+        ),
     ])
     add_api_routes(app)
     app.cleanup_ctx.extend(background)
@@ -50,8 +51,7 @@ def create_worker_app(settings: Settings, *, background: Sequence[CleanupCtx]) -
     """A consumer process: the consumer groups in ``background``, and only
     ``/healthz``, ``/readyz`` and ``/metrics`` over HTTP."""
     app = _base_app(settings, [
-        request_middleware_factory(None, security_headers=False),
-        error_middleware_factory(None),
+        gateway_middleware_factory(None, security_headers=False, max_body_bytes=None),
     ])
     app.cleanup_ctx.extend(background)
     return app

@@ -7,7 +7,6 @@ command exits with status 2 before anything starts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.appkeys import METRICS_REGISTRY, REDIS, S3, SETTINGS
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
+from gateway.responses import json_response
 
 READINESS_TIMEOUT_S = 1.0
 
@@ -19,7 +20,7 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the process answers. Checks nothing else on purpose."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _check_redis(app: web.Application) -> str | None:
@@ -51,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {"redis": redis_problem or "ok", "s3": s3_problem or "ok"}
     failed = [name for name, problem in (("redis", redis_problem), ("s3", s3_problem)) if problem]
     if failed:
-        return web.json_response(
+        return json_response(
             {
                 "status": "unavailable",
                 "detail": "; ".join(checks[name] for name in failed),
@@ -62,7 +63,7 @@ async def readyz(request: web.Request) -> web.Response:
             status=503,
             headers={"Retry-After": "1"},
         )
-    return web.json_response({"status": "ok", "checks": checks})
+    return json_response({"status": "ok", "checks": checks})
 
 
 @routes.get("/metrics")

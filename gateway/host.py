@@ -11,6 +11,7 @@ from gateway import validation as v
 from gateway.appkeys import API_SERVICES
 from gateway.auth import require_host
 from gateway.errors import BadRequest, NotFound
+from gateway.responses import json_response
 from transcription.status import processing_status
 
 PREFIX = "/api/host"
@@ -76,13 +77,13 @@ async def create_project(request: web.Request) -> web.Response:
     body = await v.read_json_object(request)
     changes = _project_changes(body, [])
     project = await request.app[API_SERVICES].store.create_project(changes)
-    return web.json_response(project, status=201)
+    return json_response(project, status=201)
 
 
 @routes.get(PREFIX + "/projects")
 async def list_projects(request: web.Request) -> web.Response:
     require_host(request)
-    return web.json_response(await request.app[API_SERVICES].store.list_projects())
+    return json_response(await request.app[API_SERVICES].store.list_projects())
 
 
 @routes.get(PREFIX + "/projects/{project_id}")
@@ -92,7 +93,7 @@ async def get_project(request: web.Request) -> web.Response:
     project = await request.app[API_SERVICES].store.get_project(project_id)
     if project is None:
         raise NotFound("Project not found")
-    return web.json_response(project)
+    return json_response(project)
 
 
 @routes.patch(PREFIX + "/projects/{project_id}")
@@ -107,7 +108,7 @@ async def update_project(request: web.Request) -> web.Response:
     project = await store.update_project(project_id, _project_changes(body, existing.get("tags") or []))
     if project is None:
         raise NotFound("Project not found")
-    return web.json_response(project)
+    return json_response(project)
 
 
 @routes.get(PREFIX + "/projects/{project_id}/conversations")
@@ -118,7 +119,7 @@ async def list_conversations(request: web.Request) -> web.Response:
     if await store.get_project(project_id) is None:
         raise NotFound("Project not found")
     conversations = await store.list_conversations(project_id)
-    return web.json_response([
+    return json_response([
         {k: val for k, val in c.items() if k != "merged_transcript"} for c in conversations
     ])
 
@@ -133,4 +134,4 @@ async def get_conversation(request: web.Request) -> web.Response:
         raise NotFound("Conversation not found")
     chunks = await store.list_chunks(conversation_id)
     processing = await processing_status(store, conversation_id)
-    return web.json_response({**conversation, "processing": processing, "chunks": chunks})
+    return json_response({**conversation, "processing": processing, "chunks": chunks})

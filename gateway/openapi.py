@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from gateway.responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -279,4 +280,4 @@ DOCUMENT: dict[str, Any] = {
 
 @routes.get("/api/openapi.json")
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(DOCUMENT)
+    return json_response(DOCUMENT)

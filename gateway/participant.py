@@ -21,6 +21,7 @@ from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
 from gateway.middlewares import request_id_of, streams_body
+from gateway.responses import json_response
 from gateway import validation as v
 from storage.conversations import (
     ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ProjectClosed,
@@ -115,7 +116,7 @@ def _public_conversation(conversation: dict[str, Any]) -> dict[str, Any]:
 async def get_project(request: web.Request) -> web.Response:
     project_id = v.path_uuid(request, "project_id")
     project = await _project(_services(request), project_id)
-    return web.json_response({k: project.get(k) for k in PROJECT_PUBLIC_FIELDS})
+    return json_response({k: project.get(k) for k in PROJECT_PUBLIC_FIELDS})
 
 
 @routes.post(PREFIX + "/projects/{project_id}/conversations/initiate")
@@ -151,7 +152,7 @@ async def initiate(request: web.Request) -> web.Response:
         "visitor_id": visitor_id,
         "tags": [known_tags[t] for t in tag_ids],
     })
-    return web.json_response(_public_conversation(conversation), headers=decision.headers())
+    return json_response(_public_conversation(conversation), headers=decision.headers())
 
 
 @routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id}")
@@ -163,7 +164,7 @@ async def get_conversation(request: web.Request) -> web.Response:
         raise NotFound("Conversation not found")
     doc = _public_conversation(conversation)
     doc["processing"] = await processing_status(_services(request).store, conversation_id)
-    return web.json_response(doc)
+    return json_response(doc)
 
 
 @routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id}/chunks")
@@ -174,7 +175,7 @@ async def list_chunks(request: web.Request) -> web.Response:
     conversation, _ = await _conversation(services, conversation_id, write=False)
     if conversation["project_id"] != project_id:
         raise NotFound("Conversation not found")
-    return web.json_response(await services.store.list_chunks(conversation_id))
+    return json_response(await services.store.list_chunks(conversation_id))
 
 
 @routes.delete(PREFIX + "/projects/{project_id}/conversations/{conversation_id}/chunks/{chunk_id}")
@@ -193,7 +194,7 @@ async def delete_chunk(request: web.Request) -> web.Response:
         await publish_finalize(services.publisher, conversation_id, request_id_of(request) or "")
     if not deleted:
         raise NotFound("Chunk not found")
-    return web.json_response(None)
+    return json_response(None)
 
 
 # --- uploads
@@ -242,7 +243,7 @@ async def get_upload_url(request: web.Request) -> web.Response:
         bucket=settings.s3_bucket, key=key, content_type=content_type,
         max_bytes=settings.upload_max_bytes, expires_s=settings.upload_url_expires_s,
     )
-    return web.json_response(
+    return json_response(
         {"chunk_id": chunk_id, "upload_url": post.url, "fields": post.fields,
          "file_url": object_url(settings, key)},
         headers=decision.headers(),
@@ -281,10 +282,10 @@ async def _look_for_object(services: ApiServices, key: str, content_type: str) -
 
 def _confirm_response(chunk_id: str, status: str, error: str | None = None) -> web.Response:
     if status in CONFIRMED_STATES:
-        return web.json_response({"status": "confirmed", "chunk_id": chunk_id})
+        return json_response({"status": "confirmed", "chunk_id": chunk_id})
     if status == "pending_verification":
-        return web.json_response({"status": "pending_verification", "chunk_id": chunk_id}, status=202)
-    return web.json_response({"status": status, "chunk_id": chunk_id, "error": error})
+        return json_response({"status": "pending_verification", "chunk_id": chunk_id}, status=202)
+    return json_response({"status": status, "chunk_id": chunk_id, "error": error})
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/confirm-upload")
@@ -360,7 +361,7 @@ async def upload_text(request: web.Request) -> web.Response:
         # is itself the last chunk to end. Published on a repeat too: the first attempt may
         # have stored the chunk and then failed to publish (finalization is idempotent).
         await publish_finalize(services.publisher, conversation_id, request_id_of(request) or "")
-    return web.json_response(chunk)
+    return json_response(chunk)
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/check-s3")
@@ -371,7 +372,7 @@ async def check_s3(request: web.Request) -> web.Response:
     url = await presign_probe_put(
         services.s3_presign, bucket=services.settings.s3_bucket, key=probe_object_key(conversation_id)
     )
-    return web.json_response({"probe_url": url})
+    return json_response({"probe_url": url})
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/upload-chunk")
@@ -433,7 +434,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
     )
     services.metrics.confirmations.labels("upload_chunk").inc()
     chunk = await store.get_chunk(conversation_id, chunk_id)
-    return web.json_response(chunk or {"id": chunk_id, "status": result.status})
+    return json_response(chunk or {"id": chunk_id, "status": result.status})
 
 
 async def _stream_chunk(
@@ -485,7 +486,7 @@ async def finish(request: web.Request) -> web.Response:
         raise NotFound("Conversation not found") from None
     if result.finalizable:
         await publish_finalize(services.publisher, conversation_id, request_id_of(request) or "")
-    return web.json_response("OK")
+    return json_response("OK")
 
 
 # --- telemetry
@@ -524,7 +525,7 @@ async def _ping(request: web.Request, key: str) -> web.Response:
     telemetry["received_at"] = datetime.now(UTC).isoformat()
     telemetry["remote"] = request.remote
     await services.store.redis.set(key, json.dumps(telemetry), ex=services.settings.ping_ttl_s)
-    return web.json_response({"ok": True})
+    return json_response({"ok": True})
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/ping")

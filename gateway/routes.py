@@ -16,6 +16,7 @@ from gateway.api_services import ApiServices
 from llm import http as llm_http
 from llm.lifecycle import llm_ctx
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, REDIS, S3, SETTINGS
+from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from storage.s3_client import open_s3
 from storage.upload_confirmation import publish_finalize
@@ -26,7 +27,8 @@ IDLE_SWEEP_BATCH = 200
 
 
 async def api_services_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Build :class:`ApiServices` from the app's clients (after ``redis_ctx`` and ``s3_ctx``)."""
+    """Build :class:`ApiServices` from the app's clients (after ``redis_ctx`` and ``s3_ctx``),
+    with the process's auto-pipelined Redis connection, which it owns and closes."""
     settings = app[SETTINGS]
     public = settings.s3_public_endpoint_url
     async with contextlib.AsyncExitStack() as stack:
@@ -34,8 +36,11 @@ async def api_services_ctx(app: web.Application) -> AsyncIterator[None]:
         if public and public != settings.s3_endpoint_url:
             # Presigned URLs carry the host they were signed for: sign with the public one.
             s3_presign = await stack.enter_async_context(open_s3(settings, endpoint_url=public))
+        autopipeline = await stack.enter_async_context(
+            open_autopipeline(settings, app[REDIS], registry=app[METRICS_REGISTRY])
+        )
         app[API_SERVICES] = ApiServices.build(
-            settings, app[REDIS], app[S3], s3_presign, app[METRICS_REGISTRY]
+            settings, app[REDIS], app[S3], s3_presign, app[METRICS_REGISTRY], autopipeline
         )
         yield
 

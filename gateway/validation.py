@@ -8,6 +8,7 @@ problem, e.g. ``"filename: must be a string"``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -84,10 +85,15 @@ def boolean(body: dict[str, Any], name: str, *, required: bool = False) -> bool 
     return value
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
 def parse_uuid(value: Any, name: str) -> str:
     """The canonical (lower-case, hyphenated) form of a UUID string, else 400."""
     if not isinstance(value, str) or len(value) > 64:
         raise BadRequest(f"{name}: must be a UUID string")
+    if _CANONICAL_UUID.match(value):
+        return value  # already what str(uuid.UUID(value)) would give
     try:
         return str(uuid.UUID(value))
     except ValueError:

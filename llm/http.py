@@ -20,6 +20,7 @@ from gateway.auth import require_host
 from gateway.errors import NotFound
 from gateway.middlewares import request_id_of
 from llm.handlers import AUTO_SELECT_EVENT
+from gateway.responses import json_response
 from streams import names
 
 routes = web.RouteTableDef()
@@ -49,7 +50,7 @@ async def start_auto_select(request: web.Request) -> web.Response:
         idempotency_key=f"auto-select:{job_id}",
         request_id=request_id_of(request) or "",
     )
-    return web.json_response(
+    return json_response(
         {"job_id": job_id, "status": "queued", "status_url": f"/api/jobs/{job_id}"},
         status=202,
         headers={"Location": f"/api/jobs/{job_id}"},
@@ -65,4 +66,4 @@ async def get_job(request: web.Request) -> web.Response:
     view = await request.app[LLM].jobs.get(job_id)
     if view is None:
         raise NotFound("job not found", code="job_not_found")
-    return web.json_response(view.to_json())
+    return json_response(view.to_json())

@@ -35,19 +35,24 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.ratelimit import RateLimitDecision, SlidingWindowLimiter, load_lua
 from redis.asyncio.cluster import RedisCluster
 
 from storage.redis_client import RedisClient
 
+if TYPE_CHECKING:
+    from storage.redis_autopipeline import AutoPipeline
+
 CHUNK_STATES = ("issued", "pending_verification", "uploaded", "transcribing", "transcribed", "failed")
-PROJECT_OF_MEMO_SIZE = 10_000
+#: Conversations whose project a store remembers (least recently used forgotten first):
+#: about 200 bytes each, so 20 MB at most per process. A remembered conversation costs
+#: get-upload-url one Redis round trip, a forgotten one two.
+PROJECT_OF_MEMO_SIZE = 100_000
 END_STATES = frozenset({"transcribed", "failed"})
 
 PROJECT_FIELDS: dict[str, Any] = {
@@ -149,13 +154,19 @@ class ConversationStore:
         "idle_take",
     )
 
-    def __init__(self, redis: RedisClient, *, key_prefix: str = "echo") -> None:
+    def __init__(
+        self, redis: RedisClient, *, key_prefix: str = "echo", autopipeline: AutoPipeline | None = None
+    ) -> None:
         self.redis = redis
         self.prefix = key_prefix
+        #: When given, the scripts go over it (one write per loop round) rather than the pool.
+        self._autopipeline = autopipeline
         #: Scripts may only touch one slot on Cluster (see :meth:`issue_chunk_limited`).
         self.is_cluster = isinstance(redis, RedisCluster)
-        # conversation id -> project id never changes: a bounded per-instance memo.
-        self._project_of: OrderedDict[str, str] = OrderedDict()
+        # conversation id -> project id never changes: a bounded per-instance memo (a
+        # dict in least-recently-used order; project ids shared through ``_project_ids``).
+        self._project_of: dict[str, str] = {}
+        self._project_ids: dict[str, str] = {}
         prelude = load_lua("_prelude.lua") + load_lua("_sliding_window_fn.lua")
         self._scripts: dict[str, Any] = {
             name: redis.register_script(prelude + "\n" + load_lua(f"{name}.lua"))
@@ -188,8 +199,10 @@ class ConversationStore:
     def idle_key(self) -> str:
         return f"{self.prefix}:idle"
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=list(keys), args=list(args))
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        if self._autopipeline is not None:
+            return self._autopipeline.run_script(self._scripts[name], keys, args)
+        return self._scripts[name](keys=list(keys), args=list(args))
 
     # --- projects
 
@@ -292,15 +305,25 @@ class ConversationStore:
         return None if project_id is None else (project_id, finished == "1")
 
     async def project_of(self, conversation_id: str) -> str | None:
-        """The project of a conversation (memoised: it never changes), or None if unknown."""
-        project_id = self._project_of.get(conversation_id)
+        """The project of a conversation (it never changes: the most recently used are kept
+        in memory), or None if unknown."""
+        memo = self._project_of
+        project_id = memo.pop(conversation_id, None)
         if project_id is not None:
+            memo[conversation_id] = project_id  # now the most recently used
             return project_id
-        project_id = await self.redis.hget(self.conversation_key(conversation_id), "project_id")
+        key = self.conversation_key(conversation_id)
+        if self._autopipeline is not None:
+            project_id = await self._autopipeline.execute("HGET", key, "project_id")
+        else:
+            project_id = await self.redis.hget(key, "project_id")
         if project_id is not None:
-            self._project_of[conversation_id] = project_id
-            if len(self._project_of) > PROJECT_OF_MEMO_SIZE:
-                self._project_of.popitem(last=False)
+            project_id = self._project_ids.setdefault(project_id, project_id)
+            memo[conversation_id] = project_id
+            if len(memo) > PROJECT_OF_MEMO_SIZE:
+                del memo[next(iter(memo))]
+                if len(self._project_ids) > PROJECT_OF_MEMO_SIZE:
+                    self._project_ids.clear()  # only shares strings; rebuilt as they come
         return project_id
 
     async def project_is_open(self, project_id: str) -> bool | None:

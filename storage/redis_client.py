@@ -48,6 +48,8 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 HEALTH_CHECK_INTERVAL_S = 30
+#: ``CLIENT SETNAME`` of every connection, so ``CLIENT LIST`` shows whose they are.
+CLIENT_NAME = "echo-gateway"
 
 
 def lua_source(module_file: str, name: str) -> str:
@@ -75,7 +77,7 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     (redis-py's own Sentinel pool fails at once when every connection is busy)."""
 
 
-def _keepalive_options() -> dict[int, int]:
+def keepalive_options() -> dict[int, int]:
     options: dict[int, int] = {}
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
@@ -89,7 +91,7 @@ def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str,
         "socket_connect_timeout": timeouts.connect_s,
         "socket_timeout": timeouts.socket_s,
         "socket_keepalive": True,
-        "socket_keepalive_options": _keepalive_options(),
+        "socket_keepalive_options": keepalive_options(),
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": Retry(
             ExponentialBackoff(cap=timeouts.backoff_cap_s, base=timeouts.backoff_base_s),
@@ -98,7 +100,7 @@ def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str,
         # Not on timeouts: a hung server would multiply the wait, and a command that
         # timed out may have been applied.
         "retry_on_error": [RedisConnectionError, BusyLoadingError],
-        "client_name": "echo-gateway",
+        "client_name": CLIENT_NAME,
     }
     url = settings.redis_url or ""
     if url.startswith("rediss://") or settings.redis_ca_file:

@@ -10,18 +10,17 @@ else. Presigned URLs are signed for the endpoint browsers reach
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import re
+import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from botocore.auth import S3SigV4PostAuth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from botocore.signers import _should_use_global_endpoint
 
@@ -32,8 +31,14 @@ MAX_FILENAME_CHARS = 100
 #: Parts of a streamed multipart upload (S3's minimum part size is 5 MiB).
 MULTIPART_PART_BYTES = 8 * 1024 * 1024
 PROBE_EXPIRES_S = 60
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+#: botocore.auth.SIGV4_TIMESTAMP and ISO8601, for ``time.strftime``.
+SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
+POLICY_EXPIRATION = "%Y-%m-%dT%H:%M:%SZ"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Names every step of :func:`sanitize_filename` leaves as they are (with no "..").
+_ALREADY_SAFE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?\Z")
 _AUDIO_TYPE = re.compile(
     r"^(audio/[a-z0-9][a-z0-9.+-]*|video/mp4|video/webm)(\s*;\s*[a-z0-9-]+=(\"[^\"]*\"|[a-z0-9._+-]+))*$",
     re.IGNORECASE,
@@ -47,6 +52,12 @@ def is_audio_content_type(value: str) -> bool:
 
 def sanitize_filename(name: str, *, max_chars: int = MAX_FILENAME_CHARS) -> str:
     """A safe object-name part: no separators or traversal, ASCII, normalised, bounded."""
+    if len(name) <= max_chars and _ALREADY_SAFE.match(name) and ".." not in name:
+        return name  # what the steps would return unchanged (the portal's names)
+    return _sanitize_steps(name, max_chars)
+
+
+def _sanitize_steps(name: str, max_chars: int) -> str:
     # Percent-encoded separators (multipart clients encode them) count as separators.
     name = unquote(name)
     name = unicodedata.normalize("NFKD", name)
@@ -98,8 +109,7 @@ def key_from_file_url(settings: Settings, file_url: str) -> str | None:
     return path or None
 
 
-@dataclass(frozen=True, slots=True)
-class PresignedPost:
+class PresignedPost(NamedTuple):
     url: str
     fields: dict[str, str]
 
@@ -112,51 +122,49 @@ def _sigv4_signing_key(secret_key: str, day: str, region: str, service: str) -> 
     return key
 
 
-class _PostAuth(S3SigV4PostAuth):
-    """botocore's POST signer, signing with a day key the presigner derives once a day.
-
-    ``SigV4Auth.signature`` derives the signing key (four HMACs) on every call,
-    which is most of the cost of a presigned POST; the policy and fields are
-    still built by botocore.
-    """
-
-    def __init__(self, credentials: ReadOnlyCredentials, region: str,
-                 signing_key: Callable[[str, str], bytes]) -> None:
-        super().__init__(credentials, "s3", region)
-        self._day_key = signing_key
-
-    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        key = self._day_key(self.credentials.secret_key, request.context["timestamp"][:8])
-        return hmac.digest(key, string_to_sign.encode(), "sha256").hex()
-
-
 class PostPresigner:
-    """Presigned POSTs signed by botocore's SigV4 POST signer, the bucket's URL resolved once.
+    """Presigned POSTs (AWS SigV4 POST policy), the bucket's URL resolved once, the key once a day.
 
     aiobotocore's ``generate_presigned_post`` resolves the endpoint ruleset and
-    runs the client's event hooks on every call, which costs several times the
-    signing itself and always gives the same URL for one bucket. This resolves
-    the URL once per bucket with the client's own (private) steps, then builds
-    the same policy and signs it with :class:`botocore.auth.S3SigV4PostAuth`,
-    the signer ``generate_presigned_post`` ends in, using the client's
-    credentials (refreshed by botocore when they are temporary ones) and a
-    signing key derived once a day rather than per call.
-    ``tests/test_uploads.py`` checks the result against aiobotocore's own.
+    runs the client's event hooks on every call, then botocore's
+    ``S3SigV4PostAuth`` builds a request object and derives the signing key
+    (four HMACs): together several times the cost of the signature itself,
+    which showed in the ``get-upload-url`` benchmark. This resolves the URL
+    once per bucket with the client's own (private) steps, takes the client's
+    credentials (refreshed by botocore when they are temporary ones), derives
+    the signing key once a day, and signs the policy as AWS documents it
+    (sigv4-HTTPPOSTConstructPolicy: base64 of the policy JSON, HMAC-SHA256 with
+    the day's key), with the conditions, in the same order, that
+    ``generate_presigned_post`` writes. ``tests/test_uploads.py`` checks the
+    result against aiobotocore's own, signature included; SeaweedFS checks it
+    in the upload tests.
     """
 
     def __init__(self, client: S3Client) -> None:
         self._client = client
         self._region: str = client.meta.region_name
         self._urls: dict[str, str] = {}
-        #: (secret key, day) -> signing key; only the latest is kept.
-        self._day_keys: dict[tuple[str, str], bytes] = {}
+        #: (secret key, day) -> an HMAC keyed with that day's signing key, copied for each
+        #: signature (cheaper than keying a new one); only the latest is kept.
+        self._day_keys: dict[tuple[str, str], hmac.HMAC] = {}
+        self._stamps: tuple[tuple[int, int], tuple[str, str]] = ((-1, -1), ("", ""))
 
-    def _signing_key(self, secret_key: str, day: str) -> bytes:
+    def _signing_key(self, secret_key: str, day: str) -> hmac.HMAC:
         key = self._day_keys.get((secret_key, day))
         if key is None:
-            key = _sigv4_signing_key(secret_key, day, self._region, "s3")
+            key = hmac.new(_sigv4_signing_key(secret_key, day, self._region, "s3"), digestmod="sha256")
             self._day_keys = {(secret_key, day): key}
         return key
+
+    def _timestamps(self, now_s: int, expires_s: int) -> tuple[str, str]:
+        """``x-amz-date`` of ``now_s`` and the policy's expiration, formatted once a second."""
+        cached = self._stamps
+        if cached[0] != (now_s, expires_s):
+            cached = self._stamps = ((now_s, expires_s), (
+                time.strftime(SIGV4_TIMESTAMP, time.gmtime(now_s)),
+                time.strftime(POLICY_EXPIRATION, time.gmtime(now_s + expires_s)),
+            ))
+        return cached[1]
 
     async def _url(self, bucket: str) -> str:
         cached = self._urls.get(bucket)
@@ -188,22 +196,31 @@ class PostPresigner:
         """A presigned POST for exactly ``key``, ``content_type`` and 1..``max_bytes`` bytes."""
         url = await self._url(bucket)
         credentials = await self._client._request_signer._credentials.get_frozen_credentials()
-        expires = datetime.now(UTC) + timedelta(seconds=expires_s)
+        now_s = int(time.time())
+        amz_date, expiration = self._timestamps(now_s, expires_s)
+        credential = f"{credentials.access_key}/{amz_date[:8]}/{self._region}/s3/aws4_request"
+        fields = {"Content-Type": content_type, "key": key, "x-amz-algorithm": SIGV4_ALGORITHM,
+                  "x-amz-credential": credential, "x-amz-date": amz_date}
+        conditions: list[Any] = [
+            {"Content-Type": content_type},
+            ["content-length-range", 1, max_bytes],
+            {"bucket": bucket},
+            {"key": key},
+            {"x-amz-algorithm": SIGV4_ALGORITHM},
+            {"x-amz-credential": credential},
+            {"x-amz-date": amz_date},
+        ]
+        if credentials.token is not None:
+            fields["x-amz-security-token"] = credentials.token
+            conditions.append({"x-amz-security-token": credentials.token})
         policy = {
-            # botocore.auth.ISO8601 ("%Y-%m-%dT%H:%M:%SZ"); isoformat is several times cheaper.
-            "expiration": expires.replace(tzinfo=None).isoformat(timespec="seconds") + "Z",
-            "conditions": [
-                {"Content-Type": content_type},
-                ["content-length-range", 1, max_bytes],
-                {"bucket": bucket},
-                {"key": key},
-            ],
+            "expiration": expiration,
+            "conditions": conditions,
         }
-        fields = {"Content-Type": content_type, "key": key}
-        request = AWSRequest(method="POST", url=url)
-        request.context["s3-presign-post-fields"] = fields
-        request.context["s3-presign-post-policy"] = policy
-        _PostAuth(credentials, self._region, self._signing_key).add_auth(request)
+        fields["policy"] = base64.b64encode(json.dumps(policy).encode()).decode()
+        signer = self._signing_key(credentials.secret_key, amz_date[:8]).copy()
+        signer.update(fields["policy"].encode())
+        fields["x-amz-signature"] = signer.hexdigest()
         return PresignedPost(url=url, fields=fields)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from storage.conversations import (
     ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ConversationStore,
 )
 from config import Settings
+from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import RedisClient
 from streams.names import StreamNames
 from streams.publisher import Publisher
@@ -21,9 +23,17 @@ from streams.publisher import Publisher
 T = "2026-01-01T10:00:00Z"
 
 
-@pytest.fixture
-def store(redis: RedisClient) -> ConversationStore:
-    return ConversationStore(redis, key_prefix="echo")
+@pytest.fixture(params=["pool", "autopipeline"])
+async def store(
+    request: pytest.FixtureRequest, settings: Settings, redis: RedisClient
+) -> AsyncIterator[ConversationStore]:
+    """Every test runs twice: scripts through the pool, and through the auto-pipeline."""
+    if request.param == "pool":
+        yield ConversationStore(redis, key_prefix="echo")
+        return
+    async with open_autopipeline(settings, redis) as pipeline:
+        assert pipeline is not None
+        yield ConversationStore(redis, key_prefix="echo", autopipeline=pipeline)
 
 
 async def _conversation(store: ConversationStore) -> str:

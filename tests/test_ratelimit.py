@@ -7,6 +7,8 @@ import asyncio
 from prometheus_client import CollectorRegistry
 
 from storage.ratelimit import RateLimitMetrics, SlidingWindowLimiter
+from config import Settings
+from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import RedisClient
 
 
@@ -77,3 +79,16 @@ async def test_metrics_count_grants_and_refusals(redis: RedisClient) -> None:
     sample = registry.get_sample_value
     assert sample("echo_ratelimit_decisions_total", {"limiter": "t", "outcome": "granted"}) == 1
     assert sample("echo_ratelimit_decisions_total", {"limiter": "t", "outcome": "refused"}) == 2
+
+
+async def test_concurrent_checks_in_one_auto_pipelined_write_grant_exactly_the_limit(
+    settings: Settings, redis: RedisClient
+) -> None:
+    async with open_autopipeline(settings, redis) as pipeline:
+        assert pipeline is not None
+        limiter = SlidingWindowLimiter(redis, name="t", limit=40, window_s=60, autopipeline=pipeline)
+        decisions = await asyncio.gather(*(limiter.hit("burst") for _ in range(100)))
+        assert pipeline.stats.writes <= 3
+    assert sum(d.allowed for d in decisions) == 40
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(40))
+    assert all(d.retry_after_header >= 59 for d in decisions if not d.allowed)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from api_support import ADMIN_TOKEN, HOST_HEADERS, P
 from config import Settings
+from config.settings import Secret
 from devstack.servers import RedisServer
 from gateway.app import create_app
 from gateway.appkeys import REDIS
@@ -60,5 +62,42 @@ async def test_redis_stopped_gives_fast_503s_and_a_restart_recovers(
         await _poll_until(client, "/readyz", 200, deadline_s=15)
         response = await client.post("/test/counter")
         assert response.status == 200
+    finally:
+        server.stop()
+
+
+async def test_get_upload_url_over_the_auto_pipeline_gives_503s_then_recovers(
+    aiohttp_client, settings: Settings, s3, tmp_path: Path
+) -> None:
+    """The hot path's own connection follows the same contract as the pool."""
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    try:
+        app = create_app(settings.replace(redis_url=server.url, admin_token=Secret(ADMIN_TOKEN)))
+        client = await aiohttp_client(app)
+        body = {"filename": "a.webm", "content_type": "audio/webm"}
+
+        async def new_conversation_path() -> str:
+            project = await (await client.post("/api/host/projects", json={"name": "p"},
+                                               headers=HOST_HEADERS)).json()
+            conversation = await (await client.post(
+                f"{P}/projects/{project['id']}/conversations/initiate", json={"name": "A"}
+            )).json()
+            return f"{P}/conversations/{conversation['id']}/get-upload-url"
+
+        path = await new_conversation_path()
+        assert (await client.post(path, json=body)).status == 200
+
+        server.kill()
+        started = time.monotonic()
+        response = await client.post(path, json=body)
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert (await response.json())["code"] == "store_unavailable"
+        assert time.monotonic() - started < 3.0
+
+        await server.start()  # same port, empty (the test server keeps nothing on disk)
+        await _poll_until(client, "/readyz", 200, deadline_s=15)
+        assert (await client.post(await new_conversation_path(), json=body)).status == 200
     finally:
         server.stop()

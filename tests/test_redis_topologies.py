@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from devstack.servers import RedisServer, find_redis_server, free_port, free_port_block
+from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import open_redis
 
 
@@ -59,13 +60,17 @@ async def test_rediss_verifies_the_server_against_the_configured_ca(
     async with server:
         url = f"rediss://127.0.0.1:{tls_port}/0"
         trusted = Settings.from_env({"REDIS_URL": url, "REDIS_CA_FILE": str(tls_files["ca"])})
-        async with open_redis(trusted) as client:
+        async with open_redis(trusted) as client, open_autopipeline(trusted, client) as pipeline:
             assert await client.ping() is True
+            assert pipeline is not None and await pipeline.execute("PING") == "PONG"
 
         untrusted = Settings.from_env({"REDIS_URL": url, "REDIS_CA_FILE": str(tls_files["other"])})
-        async with open_redis(untrusted) as client:
+        async with open_redis(untrusted) as client, open_autopipeline(untrusted, client) as pipeline:
             with pytest.raises(RedisConnectionError, match="(?i)certificate"):
                 await client.ping()
+            assert pipeline is not None
+            with pytest.raises(RedisConnectionError, match="(?i)certificate"):
+                await pipeline.execute("PING")
 
 
 async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
@@ -95,6 +100,10 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
                         await asyncio.sleep(0.1)
                 assert await client.get("via-sentinel") == "yes"
                 await _a_busy_pool_makes_callers_wait(client, settings.redis_max_connections)
+                async with open_autopipeline(settings, client) as pipeline:
+                    # the auto-pipelined connection asks the Sentinels for the master too
+                    assert pipeline is not None
+                    assert await pipeline.execute("GET", "via-sentinel") == "yes"
         finally:
             sentinel.terminate()
             sentinel.wait(timeout=10)
@@ -137,6 +146,8 @@ async def test_cluster_runs_hash_tagged_scripts_across_three_masters(tmp_path: P
                     str(n), str(n)
                 ]
             assert await client.ping() is True
+            async with open_autopipeline(settings, client) as pipeline:
+                assert pipeline is None  # Cluster: the scripts go through the cluster client
     finally:
         for server in servers:
             server.stop()

@@ -33,6 +33,10 @@ def test_values_are_parsed_into_types() -> None:
     ("variable", "value"),
     [
         ("REDIS_URL", "http://not-redis"),
+        # TLS verification cannot be switched off through the URL either
+        ("REDIS_URL", "rediss://cache.internal:6380/0?ssl_cert_reqs=none"),
+        ("REDIS_URL", "rediss://cache.internal:6380/0?db=1&SSL_CHECK_HOSTNAME=false"),
+        ("REDIS_AUTOPIPELINE", "sometimes"),
         ("REDIS_MAX_CONNECTIONS", "many"),
         ("REDIS_MAX_CONNECTIONS", "0"),
         ("LLM_MAX_CONCURRENT_CALLS", "0"),

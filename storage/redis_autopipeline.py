@@ -1,0 +1,470 @@
+"""Auto-pipelining: one Redis connection per process carries the API's scripts, one write per loop round.
+
+Why: the pooled redis-py client checks a connection out and back in for every
+command and reads every reply under its own timeout: about 90 µs of CPU per
+command, the largest single cost of a ``get-upload-url`` request. redis-py has
+no auto-pipelining (redis/redis-py#3767). This client queues the commands
+issued during one event-loop round, writes them as one write on one
+connection, and resolves each caller's future from the replies, which Redis
+sends in order. hiredis (the parser redis-py itself uses) packs the commands
+and parses the replies. Measured in ``bench/gateway.py``; see README.
+
+What it carries: single commands that neither block nor change the
+connection's state; in this code base, Lua scripts (:meth:`AutoPipeline.run_script`:
+``EVALSHA``, and ``SCRIPT LOAD`` after ``NOSCRIPT``, which means the script did
+not run). Never ``BLOCK``, ``SUBSCRIBE``, ``MULTI``/``WATCH`` or ``SELECT``:
+those stay on the pooled client.
+
+Connection settings come from the same ``Settings`` as the pooled client:
+host and port or Unix socket, user and password, database, TLS verified
+against ``REDIS_CA_FILE`` or the system CAs with the hostname checked (there is
+no way to turn verification off), client name, connect and socket timeouts,
+TCP keepalive. Under Sentinel the master's address is asked of the Sentinels
+(through the pooled client's pool) at every connect. Redis Cluster is not
+multiplexed: :func:`open_autopipeline` yields None and callers use the pooled
+client.
+
+Failure behaviour, the pooled client's contract (the HTTP layer answers 503
+for these errors):
+
+* the connection is made on demand, with the connect timeout and exponential
+  back-off between attempts; commands wait for it, and raise
+  :class:`~redis.exceptions.ConnectionError` if it cannot be made;
+* a lost connection fails the commands written on it and not yet answered
+  with ``ConnectionError``: they may have run, so they are never re-sent;
+  commands not yet written go out on the next connection;
+* no reply within the socket timeout drops the connection; every command
+  pending on it raises :class:`~redis.exceptions.TimeoutError`;
+* ``READONLY`` (a Sentinel master demoted by a failover) drops the connection,
+  so the next command goes to the new master, and raises ``ConnectionError``;
+  ``LOADING`` raises :class:`~redis.exceptions.BusyLoadingError`;
+* a cancelled caller leaves the connection in step: a command not yet written
+  is not sent, and the reply of one already written is read and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config import Settings
+from storage.redis_client import CLIENT_NAME, RedisClient, RedisTimeouts, keepalive_options
+
+log = structlog.get_logger(__name__)
+
+#: How often pending replies are checked against the socket timeout (at most).
+REPLY_CHECK_INTERVAL_S = 0.5
+_NOT_ENOUGH_DATA = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to connect (the master's address is asked of Sentinel when ``sentinel_pool``)."""
+
+    host: str | None = None
+    port: int = 6379
+    unix_path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: ssl.SSLContext | None = None
+    sentinel_pool: SentinelConnectionPool | None = None
+    client_name: str | None = CLIENT_NAME
+    #: Reply strings are decoded with this (None: bytes).
+    encoding: str | None = "utf-8"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pooled: RedisClient) -> Endpoint | None:
+        """The endpoint of ``settings`` (None on Cluster, which this client does not serve)."""
+        if settings.redis_cluster or not isinstance(pooled, Redis):
+            return None
+        if settings.redis_sentinels:
+            pool = pooled.connection_pool
+            assert isinstance(pool, SentinelConnectionPool)
+            return cls(sentinel_pool=pool)
+        assert settings.redis_url
+        options = parse_url(settings.redis_url)
+        connection_class = options.get("connection_class")
+        unknown = set(options) - {"host", "port", "path", "username", "password", "db",
+                                  "connection_class"}
+        if unknown:
+            # URL options this client would ignore (the pooled client honours them).
+            log.info("redis_autopipeline_off", reason=f"URL options {sorted(unknown)}")
+            return None
+        tls = None
+        if connection_class is not None and issubclass(connection_class, SSLConnection):
+            tls = ssl.create_default_context(cafile=settings.redis_ca_file)
+        is_unix = connection_class is not None and issubclass(
+            connection_class, UnixDomainSocketConnection
+        )
+        return cls(
+            host=None if is_unix else options.get("host", "localhost"),
+            port=int(options.get("port", 6379)),
+            unix_path=options.get("path") if is_unix else None,
+            username=options.get("username"),
+            password=options.get("password"),
+            db=int(options.get("db", 0)),
+            tls=tls,
+        )
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One connection: replies resolve ``waiters`` in order."""
+
+    def __init__(self, owner: AutoPipeline, encoding: str | None) -> None:
+        self._owner = owner
+        reader_options: dict[str, Any] = {"notEnoughData": _NOT_ENOUGH_DATA}
+        if encoding:
+            reader_options["encoding"] = encoding
+        self._reader = hiredis.Reader(**reader_options)
+        #: (future, reply deadline on the loop's clock), oldest first.
+        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiters = self.waiters
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.drop(RedisConnectionError(f"Redis protocol error: {exc}"))
+                return
+            if reply is _NOT_ENOUGH_DATA:
+                return
+            if not waiters:
+                self.drop(RedisConnectionError("Redis sent a reply nobody asked for"))
+                return
+            future, _ = waiters.popleft()
+            if isinstance(reply, hiredis.ReplyError):
+                error = _typed_error(str(reply))
+                if isinstance(error, ReadOnlyError):
+                    # A demoted master: the next command must find the new one.
+                    if not future.done():
+                        future.set_exception(RedisConnectionError(f"Redis is read-only: {reply}"))
+                    self.drop(RedisConnectionError("the Redis master was demoted"))
+                    return
+                if not future.done():
+                    future.set_exception(error)
+            elif not future.done():
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail_all(RedisConnectionError(
+            f"Connection to Redis lost{f': {exc}' if exc else ''}"
+        ))
+        self._owner._lost(self)
+
+    def fail_all(self, error: Exception) -> None:
+        self.lost = True
+        waiters, self.waiters = self.waiters, deque()
+        for future, _ in waiters:
+            if not future.done():
+                future.set_exception(error)
+
+    def drop(self, error: Exception) -> None:
+        """Fail what is pending with ``error`` and close the connection at once."""
+        self.fail_all(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _typed_error(message: str) -> ResponseError:
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith("READONLY"):
+        return ReadOnlyError(message)
+    if message.startswith("LOADING"):
+        return BusyLoadingError(message)
+    return ResponseError(message)
+
+
+@dataclass(slots=True)
+class AutoPipelineStats:
+    commands: int = 0
+    writes: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    connections_lost: int = 0
+    reply_timeouts: int = 0
+
+
+class AutoPipeline:
+    """Commands issued in one event-loop round go out as one write on one shared connection."""
+
+    def __init__(self, endpoint: Endpoint, timeouts: RedisTimeouts | None = None) -> None:
+        self._endpoint = endpoint
+        self._timeouts = timeouts or RedisTimeouts()
+        self._backoff = ExponentialBackoff(
+            cap=self._timeouts.backoff_cap_s, base=self._timeouts.backoff_base_s
+        )
+        self._loop = asyncio.get_running_loop()
+        self._protocol: _RespProtocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        #: Packed commands not yet written, and their callers' futures.
+        self._out: list[bytes] = []
+        self._out_futures: list[asyncio.Future[Any]] = []
+        self._flush_scheduled = False
+        self._reply_check: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.stats = AutoPipelineStats()
+
+    # --- commands
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command (str, bytes, int or float arguments); await the result for its reply."""
+        if self._closed:
+            raise RedisConnectionError("the auto-pipeline is closed")
+        future = self._loop.create_future()
+        self._out.append(hiredis.pack_command(args))
+        self._out_futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    async def run_script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run a registered script (``redis.asyncio`` ``AsyncScript``): EVALSHA, loading it on NOSCRIPT."""
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # The script did not run: load it and run it once more.
+            await self.execute("SCRIPT", "LOAD", script.script)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        protocol = self._protocol
+        if protocol is not None and protocol.lost:  # dropped, its connection_lost still to come
+            protocol = self._protocol = None
+        if protocol is None:
+            if self._connecting is None and not self._closed:
+                self._connecting = self._loop.create_task(self._connect())
+            return
+        out, futures = self._out, self._out_futures
+        self._out, self._out_futures = [], []
+        deadline = self._loop.time() + self._timeouts.socket_s
+        waiters = protocol.waiters
+        sent = []
+        for data, future in zip(out, futures):
+            if not future.done():  # a caller cancelled before the write: not sent at all
+                waiters.append((future, deadline))
+                sent.append(data)
+        if not sent:
+            return
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join(sent))
+        self.stats.commands += len(sent)
+        self.stats.writes += 1
+        if self._reply_check is None:
+            self._reply_check = self._loop.call_later(self._check_interval_s(), self._check_replies)
+
+    def _check_interval_s(self) -> float:
+        return min(REPLY_CHECK_INTERVAL_S, self._timeouts.socket_s / 4)
+
+    def _check_replies(self) -> None:
+        """Drop the connection when its oldest pending reply is overdue."""
+        self._reply_check = None
+        protocol = self._protocol
+        if protocol is None or not protocol.waiters:
+            return
+        if protocol.waiters[0][1] <= self._loop.time():
+            self.stats.reply_timeouts += 1
+            log.warning("redis_autopipeline_reply_timeout", timeout_s=self._timeouts.socket_s,
+                        pending=len(protocol.waiters))
+            self._protocol = None
+            protocol.drop(RedisTimeoutError("Timeout reading from Redis"))
+            self._flush()  # commands not yet written go out on a new connection
+            return
+        self._reply_check = self._loop.call_later(self._check_interval_s(), self._check_replies)
+
+    # --- connection
+
+    async def _connect(self) -> None:
+        """Connect, with back-off between attempts; then write what is queued, or fail it."""
+        error: BaseException | None = None
+        try:
+            for attempt in range(self._timeouts.retries + 1):
+                if attempt:
+                    await asyncio.sleep(self._backoff.compute(attempt))
+                try:
+                    self._protocol = await self._open()
+                    self.stats.connects += 1
+                    break
+                except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
+                        BusyLoadingError) as exc:
+                    self.stats.connect_failures += 1
+                    error = exc
+        except BaseException as exc:  # a bug or a cancellation must not leave callers waiting
+            error = exc
+            raise
+        finally:
+            self._connecting = None
+            if self._protocol is None:
+                self._fail_queued(RedisConnectionError(
+                    f"Error connecting to Redis: {type(error).__name__}: {error}"
+                ))
+        self._flush()
+
+    def _fail_queued(self, error: Exception) -> None:
+        futures, self._out, self._out_futures = self._out_futures, [], []
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _address(self) -> tuple[str, int]:
+        endpoint = self._endpoint
+        if endpoint.sentinel_pool is not None:
+            host, port = await endpoint.sentinel_pool.get_master_address()
+            return str(host), int(port)
+        assert endpoint.host is not None
+        return endpoint.host, endpoint.port
+
+    async def _open(self) -> _RespProtocol:
+        endpoint = self._endpoint
+        protocol = _RespProtocol(self, endpoint.encoding)
+        async with asyncio.timeout(self._timeouts.connect_s):
+            if endpoint.unix_path is not None:
+                await self._loop.create_unix_connection(lambda: protocol, endpoint.unix_path)
+            else:
+                host, port = await self._address()
+                await self._loop.create_connection(
+                    lambda: protocol, host, port, ssl=endpoint.tls,
+                    server_hostname=host if endpoint.tls is not None else None,
+                )
+        assert protocol.transport is not None
+        sock = protocol.transport.get_extra_info("socket")
+        if sock is not None and endpoint.unix_path is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in keepalive_options().items():
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        try:
+            await self._handshake(protocol)
+        except BaseException:
+            protocol.transport.abort()
+            raise
+        return protocol
+
+    async def _handshake(self, protocol: _RespProtocol) -> None:
+        """AUTH, SELECT and CLIENT SETNAME, written together; any error fails the connect."""
+        endpoint = self._endpoint
+        commands: list[tuple[Any, ...]] = []
+        if endpoint.password is not None:
+            commands.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
+                            else ("AUTH", endpoint.password))
+        if endpoint.db:
+            commands.append(("SELECT", endpoint.db))
+        if endpoint.client_name:
+            commands.append(("CLIENT", "SETNAME", endpoint.client_name))
+        if not commands:
+            return
+        deadline = self._loop.time() + self._timeouts.socket_s
+        futures = [self._loop.create_future() for _ in commands]
+        protocol.waiters.extend((future, deadline) for future in futures)
+        assert protocol.transport is not None
+        protocol.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
+        try:
+            async with asyncio.timeout(self._timeouts.socket_s):
+                for future in futures:
+                    await future
+        except ResponseError as exc:
+            raise RedisConnectionError(f"Redis refused the connection set-up: {exc}") from exc
+
+    def _lost(self, protocol: _RespProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            self.stats.connections_lost += 1
+            if not self._closed:
+                log.warning("redis_autopipeline_connection_lost")
+        if self._out and not self._closed:
+            self._flush()
+
+    async def aclose(self) -> None:
+        """Fail what is pending with ``ConnectionError`` and close the connection."""
+        self._closed = True
+        if self._reply_check is not None:
+            self._reply_check.cancel()
+            self._reply_check = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        closed = RedisConnectionError("the auto-pipeline is closed")
+        self._fail_queued(closed)
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.fail_all(closed)
+            protocol.transport.close()
+
+
+class AutoPipelineCollector(Collector):
+    """``echo_redis_autopipeline_*``: commands, writes (so commands per write), reconnects, timeouts."""
+
+    def __init__(self, pipeline: AutoPipeline) -> None:
+        self._pipeline = pipeline
+
+    def collect(self) -> Iterable[Any]:
+        stats = self._pipeline.stats
+        for name, doc, value in (
+            ("commands", "Commands sent on the auto-pipelined connection", stats.commands),
+            ("writes", "Writes carrying them (commands / writes = mean batch)", stats.writes),
+            ("connects", "Connections made", stats.connects),
+            ("connect_failures", "Connection attempts that failed", stats.connect_failures),
+            ("connections_lost", "Connections lost while in use", stats.connections_lost),
+            ("reply_timeouts", "Connections dropped for a reply later than the socket timeout",
+             stats.reply_timeouts),
+        ):
+            yield CounterMetricFamily(f"echo_redis_autopipeline_{name}", doc, value=value)
+        protocol = self._pipeline._protocol
+        yield GaugeMetricFamily(
+            "echo_redis_autopipeline_pending", "Commands written and awaiting their reply",
+            value=len(protocol.waiters) if protocol is not None else 0,
+        )
+
+
+@asynccontextmanager
+async def open_autopipeline(
+    settings: Settings, pooled: RedisClient, *, registry: CollectorRegistry | None = None,
+    timeouts: RedisTimeouts | None = None,
+) -> AsyncIterator[AutoPipeline | None]:
+    """The process's auto-pipeline for ``settings`` (None when ``REDIS_AUTOPIPELINE`` is off or
+    on Cluster), closed on exit. It connects on first use."""
+    endpoint = Endpoint.from_settings(settings, pooled) if settings.redis_autopipeline else None
+    if endpoint is None:
+        yield None
+        return
+    pipeline = AutoPipeline(endpoint, timeouts)
+    collector = AutoPipelineCollector(pipeline)
+    if registry is not None:
+        registry.register(collector)
+    try:
+        yield pipeline
+    finally:
+        if registry is not None:
+            registry.unregister(collector)
+        await pipeline.aclose()
