@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -126,8 +126,9 @@ def _redis_url(raw: str) -> str | None:
         return None
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
-    query = value.partition("?")[2].lower()
-    if any(option.startswith("ssl") for option in query.replace(";", "&").split("&")):
+    # The names redis-py will read (it decodes percent-escapes in them).
+    options = {name.lower() for name, _ in parse_qsl(urlsplit(value).query, keep_blank_values=True)}
+    if any(option.startswith("ssl") for option in options):
         # redis-py would let them override the verification this service always does.
         raise ValueError("TLS options in the URL are not accepted; use REDIS_CA_FILE")
     return value
@@ -504,6 +505,10 @@ class Settings:
             )
         if self.redis_sentinels and self.redis_cluster:
             raise SettingsError("REDIS_CLUSTER", "cannot be combined with REDIS_SENTINELS")
+        if self.redis_ca_file and (self.redis_sentinels or not (self.redis_url or "").startswith(
+            "rediss://"
+        )):
+            raise SettingsError("REDIS_CA_FILE", "applies to a rediss:// REDIS_URL only")
         if self.redis_cluster and not self.redis_url:
             raise SettingsError("REDIS_URL", "REDIS_CLUSTER needs the URL of one cluster node")
         if self.transcriber == "openai" and not self.transcriber_url:

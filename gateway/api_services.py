@@ -49,6 +49,8 @@ class ApiServices:
     #: Presigned POSTs signed with ``s3_presign`` (endpoint resolved once per bucket).
     presigner: PostPresigner
     metrics: ApiMetrics
+    #: The process's auto-pipelined connection (None on Cluster or when turned off).
+    autopipeline: AutoPipeline | None = None
 
     @classmethod
     def build(
@@ -84,4 +86,5 @@ class ApiServices:
             s3_presign=s3_presign,
             presigner=PostPresigner(s3_presign),
             metrics=ApiMetrics(registry),
+            autopipeline=autopipeline,
         )

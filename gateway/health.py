@@ -8,7 +8,7 @@ from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.appkeys import METRICS_REGISTRY, REDIS, S3, SETTINGS
+from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, REDIS, S3, SETTINGS
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from gateway.responses import json_response
 
@@ -23,9 +23,19 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def _ping_redis(app: web.Application) -> None:
+    """PING through the pool and, in a gateway process, through the auto-pipelined
+    connection the API's scripts use."""
+    services = app.get(API_SERVICES)
+    if services is not None and services.autopipeline is not None:
+        await asyncio.gather(app[REDIS].ping(), services.autopipeline.ping())
+    else:
+        await app[REDIS].ping()
+
+
 async def _check_redis(app: web.Application) -> str | None:
     try:
-        await asyncio.wait_for(app[REDIS].ping(), READINESS_TIMEOUT_S)
+        await asyncio.wait_for(_ping_redis(app), READINESS_TIMEOUT_S)
     except (TimeoutError, *REDIS_UNAVAILABLE_ERRORS) as exc:
         return f"redis: {type(exc).__name__}: {exc}" if str(exc) else f"redis: {type(exc).__name__}"
     return None

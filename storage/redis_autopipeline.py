@@ -45,6 +45,7 @@ for these errors):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections import deque
@@ -62,7 +63,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError, BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -73,6 +76,8 @@ log = structlog.get_logger(__name__)
 
 #: How often pending replies are checked against the socket timeout (at most).
 REPLY_CHECK_INTERVAL_S = 0.5
+#: Commands queued or awaiting their reply, at most; beyond, commands fail at once.
+MAX_PENDING_COMMANDS = 10_000
 _NOT_ENOUGH_DATA = object()
 
 
@@ -111,6 +116,7 @@ class Endpoint:
             log.info("redis_autopipeline_off", reason=f"URL options {sorted(unknown)}")
             return None
         tls = None
+        # Settings refuse REDIS_CA_FILE without rediss://, so the two always agree.
         if connection_class is not None and issubclass(connection_class, SSLConnection):
             tls = ssl.create_default_context(cafile=settings.redis_ca_file)
         is_unix = connection_class is not None and issubclass(
@@ -140,6 +146,8 @@ class _RespProtocol(asyncio.Protocol):
         self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        #: Became the owner's connection (a failed set-up's connection never does).
+        self.was_used = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its methods.
@@ -155,12 +163,20 @@ class _RespProtocol(asyncio.Protocol):
             except hiredis.ProtocolError as exc:
                 self.drop(RedisConnectionError(f"Redis protocol error: {exc}"))
                 return
+            except UnicodeDecodeError as exc:
+                # The whole reply was read: the connection is still in step. Its caller
+                # gets the error, as from the pooled client.
+                reply = exc
             if reply is _NOT_ENOUGH_DATA:
                 return
             if not waiters:
                 self.drop(RedisConnectionError("Redis sent a reply nobody asked for"))
                 return
             future, _ = waiters.popleft()
+            if isinstance(reply, UnicodeDecodeError):
+                if not future.done():
+                    future.set_exception(reply)
+                continue
             if isinstance(reply, hiredis.ReplyError):
                 error = _typed_error(str(reply))
                 if isinstance(error, ReadOnlyError):
@@ -194,9 +210,11 @@ class _RespProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-def _typed_error(message: str) -> ResponseError:
+def _typed_error(message: str) -> ResponseError | AuthenticationError:
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
+    if message.startswith(("NOAUTH", "WRONGPASS")):
+        return AuthenticationError(message)  # a ConnectionError: the API answers 503
     if message.startswith("READONLY"):
         return ReadOnlyError(message)
     if message.startswith("LOADING"):
@@ -212,13 +230,19 @@ class AutoPipelineStats:
     connect_failures: int = 0
     connections_lost: int = 0
     reply_timeouts: int = 0
+    #: Commands refused because MAX_PENDING_COMMANDS were pending.
+    refused: int = 0
 
 
 class AutoPipeline:
     """Commands issued in one event-loop round go out as one write on one shared connection."""
 
-    def __init__(self, endpoint: Endpoint, timeouts: RedisTimeouts | None = None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeouts: RedisTimeouts | None = None, *,
+        max_pending: int = MAX_PENDING_COMMANDS,
+    ) -> None:
         self._endpoint = endpoint
+        self._max_pending = max_pending
         self._timeouts = timeouts or RedisTimeouts()
         self._backoff = ExponentialBackoff(
             cap=self._timeouts.backoff_cap_s, base=self._timeouts.backoff_base_s
@@ -240,6 +264,13 @@ class AutoPipeline:
         """Send one command (str, bytes, int or float arguments); await the result for its reply."""
         if self._closed:
             raise RedisConnectionError("the auto-pipeline is closed")
+        if self.pending() >= self._max_pending:
+            # Redis is not keeping up (or a connection is on its way): fail fast (503)
+            # rather than queue without bound.
+            self.stats.refused += 1
+            raise RedisConnectionError(
+                f"Redis is not keeping up: {self._max_pending} commands already pending"
+            )
         future = self._loop.create_future()
         self._out.append(hiredis.pack_command(args))
         self._out_futures.append(future)
@@ -247,6 +278,15 @@ class AutoPipeline:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return future
+
+    def pending(self) -> int:
+        """Commands not yet written plus those written and awaiting their reply."""
+        protocol = self._protocol
+        return len(self._out) + (len(protocol.waiters) if protocol is not None else 0)
+
+    async def ping(self) -> bool:
+        """PING over this connection (readiness)."""
+        return bool(await self.execute("PING"))
 
     async def run_script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run a registered script (``redis.asyncio`` ``AsyncScript``): EVALSHA, loading it on NOSCRIPT."""
@@ -316,15 +356,19 @@ class AutoPipeline:
                     await asyncio.sleep(self._backoff.compute(attempt))
                 try:
                     self._protocol = await self._open()
+                    self._protocol.was_used = True
                     self.stats.connects += 1
                     break
                 except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
                         BusyLoadingError) as exc:
                     self.stats.connect_failures += 1
                     error = exc
-        except BaseException as exc:  # a bug or a cancellation must not leave callers waiting
+        except asyncio.CancelledError as exc:  # closing
             error = exc
             raise
+        except Exception as exc:  # a bug, or an error outside the list: callers must not wait
+            log.exception("redis_autopipeline_connect_failed")
+            error = exc
         finally:
             self._connecting = None
             if self._protocol is None:
@@ -350,11 +394,12 @@ class AutoPipeline:
     async def _open(self) -> _RespProtocol:
         endpoint = self._endpoint
         protocol = _RespProtocol(self, endpoint.encoding)
+        # Sentinel discovery has its own timeouts (one connect timeout per Sentinel tried).
+        host, port = await self._address() if endpoint.unix_path is None else ("", 0)
         async with asyncio.timeout(self._timeouts.connect_s):
             if endpoint.unix_path is not None:
                 await self._loop.create_unix_connection(lambda: protocol, endpoint.unix_path)
             else:
-                host, port = await self._address()
                 await self._loop.create_connection(
                     lambda: protocol, host, port, ssl=endpoint.tls,
                     server_hostname=host if endpoint.tls is not None else None,
@@ -385,24 +430,33 @@ class AutoPipeline:
             commands.append(("CLIENT", "SETNAME", endpoint.client_name))
         if not commands:
             return
-        deadline = self._loop.time() + self._timeouts.socket_s
+        # A server that accepts connections but does not answer is given twice the
+        # connect timeout, not the socket timeout, for each attempt.
+        budget_s = min(self._timeouts.socket_s, 2 * self._timeouts.connect_s)
+        deadline = self._loop.time() + budget_s
         futures = [self._loop.create_future() for _ in commands]
         protocol.waiters.extend((future, deadline) for future in futures)
         assert protocol.transport is not None
         protocol.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
         try:
-            async with asyncio.timeout(self._timeouts.socket_s):
+            async with asyncio.timeout(budget_s):
                 for future in futures:
                     await future
         except ResponseError as exc:
             raise RedisConnectionError(f"Redis refused the connection set-up: {exc}") from exc
+        finally:
+            for future in futures:  # the replies after a failed one are not needed
+                if future.done() and not future.cancelled():
+                    future.exception()
+                else:
+                    future.cancel()
 
     def _lost(self, protocol: _RespProtocol) -> None:
         if self._protocol is protocol:
             self._protocol = None
+        if not self._closed and protocol.was_used:
             self.stats.connections_lost += 1
-            if not self._closed:
-                log.warning("redis_autopipeline_connection_lost")
+            log.warning("redis_autopipeline_connection_lost")
         if self._out and not self._closed:
             self._flush()
 
@@ -412,9 +466,12 @@ class AutoPipeline:
         if self._reply_check is not None:
             self._reply_check.cancel()
             self._reply_check = None
-        if self._connecting is not None:
-            self._connecting.cancel()
         closed = RedisConnectionError("the auto-pipeline is closed")
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
         self._fail_queued(closed)
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
@@ -438,6 +495,7 @@ class AutoPipelineCollector(Collector):
             ("connections_lost", "Connections lost while in use", stats.connections_lost),
             ("reply_timeouts", "Connections dropped for a reply later than the socket timeout",
              stats.reply_timeouts),
+            ("refused", "Commands refused because too many were pending", stats.refused),
         ):
             yield CounterMetricFamily(f"echo_redis_autopipeline_{name}", doc, value=value)
         protocol = self._pipeline._protocol

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
@@ -35,7 +36,9 @@ def make_llm(
         api_key=emulator.api_key, model="claude-test", base_url=emulator.base_url
     )
     limiter = ClusterLimiter(
-        redis, LimiterKeys.for_prefix("echo"), LimiterConfig(limit=3), metrics, model="claude-test"
+        # Own keys: a pause or a permit left by another test must not reach this one.
+        redis, LimiterKeys.for_prefix(f"test-{uuid.uuid4().hex[:8]}"), LimiterConfig(limit=3), metrics,
+        model="claude-test",
     )
     defaults = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "deadline_s": 30.0}
     return BoundedLlm(provider, limiter, metrics, RetryPolicy(**{**defaults, **policy}))  # type: ignore[arg-type]
@@ -125,7 +128,9 @@ async def test_connection_errors_are_retried_until_the_deadline(redis: RedisClie
     registry = CollectorRegistry()
     metrics = LlmMetrics(registry)
     provider = AnthropicProvider.create(api_key="k", model="m", base_url="http://127.0.0.1:1")
-    limiter = ClusterLimiter(redis, LimiterKeys.for_prefix("echo"), LimiterConfig(), metrics)
+    limiter = ClusterLimiter(
+        redis, LimiterKeys.for_prefix(f"test-{uuid.uuid4().hex[:8]}"), LimiterConfig(), metrics
+    )
     llm = BoundedLlm(provider, limiter, metrics, RetryPolicy(deadline_s=0.8, backoff_base_s=0.05))
     try:
         with pytest.raises(LlmCallFailed) as failure:

@@ -4,6 +4,7 @@ and the pooled client's failure contract (fast errors, recovery on its own)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,11 +147,15 @@ async def test_password_and_database_from_the_url_are_used(tmp_path: Path) -> No
             assert await pooled.get("in-db-3") == "yes"  # the pool uses db 3 as well
             assert await pipeline.execute("CLIENT", "GETNAME") == "echo-gateway"
 
-        wrong = Settings.from_env({"REDIS_URL": f"redis://:wrong@127.0.0.1:{server.port}/0"})
+        loop_errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+        wrong = Settings.from_env({"REDIS_URL": f"redis://:wrong@127.0.0.1:{server.port}/2"})
         async with open_redis(wrong) as pooled, open_autopipeline(wrong, pooled) as pipeline:
             assert pipeline is not None
             with pytest.raises(RedisConnectionError, match="(?i)set-up|WRONGPASS|invalid"):
                 await pipeline.execute("PING")
+        gc.collect()  # an unread failed future reports itself when collected
+        assert loop_errors == []
     finally:
         server.kill()
 
@@ -171,3 +176,35 @@ async def test_it_is_off_when_the_setting_says_so(settings: Settings, redis: Red
     off = settings.replace(redis_autopipeline=False)
     async with open_autopipeline(off, redis) as pipeline:
         assert pipeline is None
+
+
+async def test_a_reply_that_is_not_utf8_fails_its_caller_only(
+    pipeline: AutoPipeline, redis: RedisClient
+) -> None:
+    await pipeline.execute("SET", "autopipeline:binary", b"\xff\xfe")
+    results = await asyncio.gather(
+        pipeline.execute("ECHO", "before"),
+        pipeline.execute("GET", "autopipeline:binary"),
+        pipeline.execute("ECHO", "after"),
+        return_exceptions=True,
+    )
+    assert results[0] == "before" and results[2] == "after"
+    assert isinstance(results[1], UnicodeDecodeError)
+    assert pipeline.stats.connections_lost == 0
+
+
+async def test_beyond_the_pending_bound_commands_fail_at_once(
+    settings: Settings, redis: RedisClient
+) -> None:
+    endpoint = Endpoint.from_settings(settings, redis)
+    assert endpoint is not None
+    pipeline = AutoPipeline(endpoint, max_pending=10)
+    try:
+        accepted = [pipeline.execute("ECHO", n) for n in range(10)]
+        with pytest.raises(RedisConnectionError, match="not keeping up"):
+            pipeline.execute("ECHO", "one too many")
+        assert await asyncio.gather(*accepted) == [str(n) for n in range(10)]
+        assert pipeline.stats.refused == 1
+        assert await pipeline.execute("ECHO", "room again") == "room again"
+    finally:
+        await pipeline.aclose()

@@ -36,6 +36,7 @@ def test_values_are_parsed_into_types() -> None:
         # TLS verification cannot be switched off through the URL either
         ("REDIS_URL", "rediss://cache.internal:6380/0?ssl_cert_reqs=none"),
         ("REDIS_URL", "rediss://cache.internal:6380/0?db=1&SSL_CHECK_HOSTNAME=false"),
+        ("REDIS_URL", "rediss://cache.internal:6380/0?%73sl_cert_reqs=none"),
         ("REDIS_AUTOPIPELINE", "sometimes"),
         ("REDIS_MAX_CONNECTIONS", "many"),
         ("REDIS_MAX_CONNECTIONS", "0"),
@@ -53,6 +54,14 @@ def test_a_bad_value_is_reported_by_its_variable(variable: str, value: str) -> N
         Settings.from_env({variable: value})
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_a_ca_file_without_a_rediss_url_is_refused_rather_than_ignored(tmp_path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"REDIS_URL": "redis://cache.internal:6379/0", "REDIS_CA_FILE": str(ca)})
+    assert caught.value.variable == "REDIS_CA_FILE"
 
 
 def test_wildcard_origin_is_refused_because_the_portal_sends_credentials() -> None:
