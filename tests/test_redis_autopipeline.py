@@ -43,16 +43,23 @@ async def test_commands_keep_their_order_on_the_connection(pipeline: AutoPipelin
     assert await pipeline.execute("LRANGE", key, 0, -1) == [str(n) for n in range(200)]
 
 
-async def test_an_error_reply_goes_to_its_caller_only(pipeline: AutoPipeline) -> None:
-    await pipeline.execute("SET", "autopipeline:text", "not a number")
-    results = await asyncio.gather(
+async def _between_two_echoes(pipeline: AutoPipeline, *command: object) -> object:
+    """``command``'s outcome (result or exception), sent in one write between two ECHOs
+    whose replies must still reach their own callers."""
+    before, outcome, after = await asyncio.gather(
         pipeline.execute("ECHO", "before"),
-        pipeline.execute("INCR", "autopipeline:text"),
+        pipeline.execute(*command),
         pipeline.execute("ECHO", "after"),
         return_exceptions=True,
     )
-    assert results[0] == "before" and results[2] == "after"
-    assert isinstance(results[1], ResponseError)
+    assert (before, after) == ("before", "after")
+    return outcome
+
+
+async def test_an_error_reply_goes_to_its_caller_only(pipeline: AutoPipeline) -> None:
+    await pipeline.execute("SET", "autopipeline:text", "not a number")
+    outcome = await _between_two_echoes(pipeline, "INCR", "autopipeline:text")
+    assert isinstance(outcome, ResponseError)
 
 
 async def test_a_script_unknown_to_the_server_is_loaded_and_run_once(
@@ -178,18 +185,10 @@ async def test_it_is_off_when_the_setting_says_so(settings: Settings, redis: Red
         assert pipeline is None
 
 
-async def test_a_reply_that_is_not_utf8_fails_its_caller_only(
-    pipeline: AutoPipeline, redis: RedisClient
-) -> None:
+async def test_a_reply_that_is_not_utf8_fails_its_caller_only(pipeline: AutoPipeline) -> None:
     await pipeline.execute("SET", "autopipeline:binary", b"\xff\xfe")
-    results = await asyncio.gather(
-        pipeline.execute("ECHO", "before"),
-        pipeline.execute("GET", "autopipeline:binary"),
-        pipeline.execute("ECHO", "after"),
-        return_exceptions=True,
-    )
-    assert results[0] == "before" and results[2] == "after"
-    assert isinstance(results[1], UnicodeDecodeError)
+    outcome = await _between_two_echoes(pipeline, "GET", "autopipeline:binary")
+    assert isinstance(outcome, UnicodeDecodeError)
     assert pipeline.stats.connections_lost == 0
 
 
