@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.appkeys import HTTP_METRICS
 from gateway.errors import ApiError, error_body
+from gateway.ids import new_request_id
 from gateway.metrics import route_label
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from gateway.responses import json_response
@@ -71,8 +71,7 @@ def request_id_of(request: web.Request) -> str | None:
 
 def _request_id(request: web.Request) -> str:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    # 32 random hex digits, like ``uuid4().hex`` at a third of the cost.
-    return incoming if _SANE_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    return incoming if _SANE_REQUEST_ID.match(incoming) else new_request_id()
 
 
 def _is_preflight(request: web.Request) -> bool:

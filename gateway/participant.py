@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
+from gateway.ids import new_uuid4
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
 from gateway.middlewares import request_id_of, streams_body
 from gateway.responses import json_response
@@ -225,7 +226,7 @@ async def get_upload_url(request: web.Request) -> web.Response:
             raise NotFound("Conversation not found")
         if not is_open:
             raise Forbidden(NOT_OPEN)
-    chunk_id = str(uuid.uuid4())
+    chunk_id = new_uuid4()
     key = chunk_object_key(conversation_id, chunk_id, filename)
     try:
         decision = await store.issue_chunk_limited(

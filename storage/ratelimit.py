@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from storage.redis_client import RedisClient, lua_source
 
@@ -68,16 +70,28 @@ class RateLimitDecision(NamedTuple):
         return headers
 
 
-class RateLimitMetrics:
-    """Counters of grants and refusals, labelled by limiter name; one per registry."""
+class RateLimitMetrics(Collector):
+    """``echo_ratelimit_decisions_total`` by limiter and outcome (granted or refused); one
+    per registry. Plain counters (see ``gateway.metrics.HttpMetrics``): counted on every
+    request, from the event loop's thread only."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.decisions = Counter(
+        self._counts: dict[tuple[str, str], int] = {}
+        registry.register(self)
+
+    def count(self, limiter: str, allowed: bool) -> None:
+        key = (limiter, "granted" if allowed else "refused")
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        decisions = CounterMetricFamily(
             "echo_ratelimit_decisions",
             "Rate-limit checks by limiter and outcome (granted or refused)",
-            ["limiter", "outcome"],
-            registry=registry,
+            labels=["limiter", "outcome"],
         )
+        for (limiter, outcome), value in list(self._counts.items()):
+            decisions.add_metric([limiter, outcome], value)
+        yield decisions
 
 
 class SlidingWindowLimiter:
@@ -107,7 +121,6 @@ class SlidingWindowLimiter:
         self._key_fn = key_fn
         #: When given, checks go over it (one write per loop round) rather than the pool.
         self._autopipeline = autopipeline
-        self._counters: dict[bool, Any] = {}
         self._script: Any = redis.register_script(
             load_lua("_sliding_window_fn.lua") + load_lua("sliding_window.lua")
         )
@@ -136,17 +149,8 @@ class SlidingWindowLimiter:
             policy=self.name,
         )
         if self._metrics is not None:
-            self._count(decision.allowed)
+            self._metrics.count(self.name, decision.allowed)
         return decision
-
-    def _count(self, allowed: bool) -> None:
-        # labels() validates and locks on every call; the two children are kept once made.
-        child = self._counters.get(allowed)
-        if child is None:
-            assert self._metrics is not None
-            child = self._metrics.decisions.labels(self.name, "granted" if allowed else "refused")
-            self._counters[allowed] = child
-        child.inc()
 
     async def hit(self, subject: str) -> RateLimitDecision:
         """Take one grant for ``subject`` if the window has room (one Redis round trip)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import re
 import time
 import unicodedata
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
+import orjson
 from botocore.exceptions import ClientError
 from botocore.signers import _should_use_global_endpoint
 
@@ -133,11 +133,12 @@ class PostPresigner:
     once per bucket with the client's own (private) steps, takes the client's
     credentials (refreshed by botocore when they are temporary ones), derives
     the signing key once a day, and signs the policy as AWS documents it
-    (sigv4-HTTPPOSTConstructPolicy: base64 of the policy JSON, HMAC-SHA256 with
-    the day's key), with the conditions, in the same order, that
-    ``generate_presigned_post`` writes. ``tests/test_uploads.py`` checks the
-    result against aiobotocore's own, signature included; SeaweedFS checks it
-    in the upload tests.
+    (sigv4-HTTPPOSTConstructPolicy: base64 of the policy JSON, here compact
+    JSON from orjson, HMAC-SHA256 with the day's key), with the conditions, in
+    the same order, that ``generate_presigned_post`` writes.
+    ``tests/test_uploads.py`` checks the fields and the decoded policy against
+    aiobotocore's own and the signature against botocore's signer; SeaweedFS
+    checks it in the upload tests.
     """
 
     def __init__(self, client: S3Client) -> None:
@@ -217,7 +218,7 @@ class PostPresigner:
             "expiration": expiration,
             "conditions": conditions,
         }
-        fields["policy"] = base64.b64encode(json.dumps(policy).encode()).decode()
+        fields["policy"] = base64.b64encode(orjson.dumps(policy)).decode()
         signer = self._signing_key(credentials.secret_key, amz_date[:8]).copy()
         signer.update(fields["policy"].encode())
         fields["x-amz-signature"] = signer.hexdigest()

@@ -128,3 +128,17 @@ async def test_confirm_with_s3_unreachable_is_a_202_not_an_error(make_client: An
     resp = await confirm(client, cid, grant)
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["status"] == "pending_verification"
+
+
+def test_hot_path_ids_are_canonical_random_version_4_uuids() -> None:
+    import uuid as uuid_module
+
+    from gateway.ids import new_request_id, new_uuid4
+
+    ids = [new_uuid4() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid_module.UUID(value)
+        assert str(parsed) == value and parsed.version == 4
+        assert parsed.variant == uuid_module.RFC_4122
+    assert all(len(r) == 32 and int(r, 16) >= 0 for r in (new_request_id() for _ in range(100)))

@@ -139,3 +139,25 @@ async def test_not_ready_names_a_missing_bucket(aiohttp_client, settings: Settin
     assert response.status == 503
     body = await response.json()
     assert body["failed"] == ["s3"] and "no-such-bucket-here" in body["detail"]
+
+
+def test_request_latency_is_a_cumulative_histogram_per_route_and_status() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import HttpMetrics
+
+    registry = CollectorRegistry()
+    metrics = HttpMetrics(registry)
+    for duration_s in (0.001, 0.02, 3.0):
+        metrics.observe("POST", "/api/x/{id}", 200, duration_s)
+    metrics.observe("POST", "/api/x/{id}", 429, 0.001)
+    text = generate_latest(registry).decode()
+    series = 'method="POST",route="/api/x/{id}",status="200"'
+    assert f'echo_http_requests_total{{{series}}} 3.0' in text
+    assert f'echo_http_request_duration_seconds_bucket{{le="0.005",{series}}} 1.0' in text
+    assert f'echo_http_request_duration_seconds_bucket{{le="0.025",{series}}} 2.0' in text
+    assert f'echo_http_request_duration_seconds_bucket{{le="2.5",{series}}} 2.0' in text
+    assert f'echo_http_request_duration_seconds_bucket{{le="+Inf",{series}}} 3.0' in text
+    assert f'echo_http_request_duration_seconds_count{{{series}}} 3.0' in text
+    assert f'echo_http_request_duration_seconds_sum{{{series}}} 3.021' in text
+    assert 'echo_http_requests_total{method="POST",route="/api/x/{id}",status="429"} 1.0' in text
