@@ -115,7 +115,8 @@ async def test_the_overall_deadline_ends_the_retries(
     redis: RedisClient, emulator: AnthropicEmulator
 ) -> None:
     emulator.fail_next(503, count=1000)
-    llm = make_llm(redis, emulator, CollectorRegistry(), deadline_s=1.0)
+    # Long enough for several attempts on a loaded machine (back-off 0.05-0.2 s each).
+    llm = make_llm(redis, emulator, CollectorRegistry(), deadline_s=3.0)
     try:
         with pytest.raises(LlmCallFailed, match="gave up"):
             await llm.complete(REQUEST)

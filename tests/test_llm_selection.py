@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +40,9 @@ async def llm_factory(redis: RedisClient) -> AsyncIterator[Any]:
         provider = AnthropicProvider.create(
             api_key=emulator.api_key, model="claude-test", base_url=emulator.base_url
         )
-        limiter = ClusterLimiter(redis, LimiterKeys.for_prefix("echo"), LimiterConfig(), metrics)
+        # Own keys: nothing another test left in the shared Redis reaches these calls.
+        keys = LimiterKeys.for_prefix(f"test-{uuid.uuid4().hex[:8]}")
+        limiter = ClusterLimiter(redis, keys, LimiterConfig(), metrics)
         llm = BoundedLlm(provider, limiter, metrics, RetryPolicy(deadline_s=20, backoff_base_s=0.05))
         made.append(llm)
         return llm
