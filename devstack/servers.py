@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from gateway.runner import child_preexec
+
 
 class ServerStartError(RuntimeError):
     """A private server could not be started; the message says why and where its log is."""
@@ -108,22 +110,10 @@ async def _wait_for_port(
         return
 
 
-def _die_with_parent() -> None:
-    """Run in the child before exec: get SIGTERM when the parent dies (Linux), so a
-    killed ``dev`` or test run leaves no server behind."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
     return subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec, **kwargs
+        args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_preexec(),
+        **kwargs,
     )
 
 

@@ -67,14 +67,35 @@ async def serve_app(
     return 0
 
 
+def die_with_parent() -> None:
+    """Run in a child before exec (``preexec_fn``): get SIGTERM when the parent dies
+    (Linux), so a killed supervisor, ``dev`` or test run leaves no process behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def child_preexec() -> Callable[[], None] | None:
+    """:func:`die_with_parent` where it works (Linux), else nothing."""
+    return die_with_parent if sys.platform.startswith("linux") else None
+
+
 def supervise(child_args: Sequence[str], count: int, *, grace_s: float) -> int:
     """Run ``count`` copies of ``python -m gateway.cli <child_args>``; forward SIGTERM/SIGINT.
 
     If one child dies, the others are stopped too: a half-sized fleet on a
-    shared port would silently halve capacity.
+    shared port would silently halve capacity. If the supervisor itself is
+    killed, its children get SIGTERM (Linux), rather than serving on as orphans.
     """
     children = [
-        subprocess.Popen([sys.executable, "-m", "gateway.cli", *child_args]) for _ in range(count)
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *child_args], preexec_fn=child_preexec()
+        )
+        for _ in range(count)
     ]
     stopping = False
 

@@ -14,6 +14,7 @@ import pytest
 
 from api_support import ADMIN_TOKEN, HOST_HEADERS, P  # noqa: F401
 from devstack.servers import free_port
+from gateway.runner import child_preexec
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 
@@ -44,6 +45,7 @@ async def test_four_processes_grant_exactly_40_of_200_concurrent_requests(
         [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "4"],
         env=proc_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=child_preexec(),  # a killed test run leaves no gateway behind
     )
     try:
         await _wait_until_up(base, proc)

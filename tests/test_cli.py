@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.runner import child_preexec
 from devstack.servers import free_port
 
 
@@ -88,7 +89,7 @@ async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "3"],
-        env={"PATH": os.environ["PATH"], **env},
+        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
     )
     try:
         await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
@@ -101,13 +102,34 @@ async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict
 
 
 @pytest.mark.slow
+async def test_a_killed_supervisor_leaves_no_worker_serving(env: dict[str, str], s3) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
+        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
+        children = _children_of(proc.pid)
+        assert len(children) == 2
+    finally:
+        proc.kill()  # no chance to stop its children itself
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while [pid for pid in children if _alive(pid)]:
+        assert time.monotonic() < deadline, "orphaned workers kept serving"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
 async def test_dev_serves_ready_and_leaves_no_process_after_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "echo-data"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)],
         env={"PATH": os.environ["PATH"], "LOG_LEVEL": "warning"},
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, preexec_fn=child_preexec(),
     )
     try:
         await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 90, proc)
