@@ -73,6 +73,22 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+async def _serving(env: dict[str, str], *, workers: int) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``serve --workers N`` on a free port, once ready, and the pids of its children."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers)],
+        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, _children_of(proc.pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -85,15 +101,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict[str, str], s3) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "3"],
-        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
-    )
+    proc, children = await _serving(env, workers=3)
     try:
-        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
-        children = _children_of(proc.pid)
         assert len(children) == 3
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -103,15 +112,8 @@ async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict
 
 @pytest.mark.slow
 async def test_a_killed_supervisor_leaves_no_worker_serving(env: dict[str, str], s3) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"],
-        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
-    )
+    proc, children = await _serving(env, workers=2)
     try:
-        await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
-        children = _children_of(proc.pid)
         assert len(children) == 2
     finally:
         proc.kill()  # no chance to stop its children itself
