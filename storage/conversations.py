@@ -34,19 +34,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from storage.ratelimit import RateLimitDecision, SlidingWindowLimiter, load_lua
 from redis.asyncio.cluster import RedisCluster
 
+from storage.ratelimit import RateLimitDecision, SlidingWindowLimiter, load_lua
+from storage.redis_autopipeline import AutoPipeline, run_script
 from storage.redis_client import RedisClient
-
-if TYPE_CHECKING:
-    from storage.redis_autopipeline import AutoPipeline
 
 CHUNK_STATES = ("issued", "pending_verification", "uploaded", "transcribing", "transcribed", "failed")
 #: Conversations whose project a store remembers (least recently used forgotten first):
@@ -164,9 +163,8 @@ class ConversationStore:
         #: Scripts may only touch one slot on Cluster (see :meth:`issue_chunk_limited`).
         self.is_cluster = isinstance(redis, RedisCluster)
         # conversation id -> project id never changes: a bounded per-instance memo (a
-        # dict in least-recently-used order; project ids shared through ``_project_ids``).
+        # dict in least-recently-used order; project ids interned, so shared).
         self._project_of: dict[str, str] = {}
-        self._project_ids: dict[str, str] = {}
         prelude = load_lua("_prelude.lua") + load_lua("_sliding_window_fn.lua")
         self._scripts: dict[str, Any] = {
             name: redis.register_script(prelude + "\n" + load_lua(f"{name}.lua"))
@@ -200,9 +198,7 @@ class ConversationStore:
         return f"{self.prefix}:idle"
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
-        if self._autopipeline is not None:
-            return self._autopipeline.run_script(self._scripts[name], keys, args)
-        return self._scripts[name](keys=list(keys), args=list(args))
+        return run_script(self._scripts[name], keys, args, self._autopipeline)
 
     # --- projects
 
@@ -318,12 +314,10 @@ class ConversationStore:
         else:
             project_id = await self.redis.hget(key, "project_id")
         if project_id is not None:
-            project_id = self._project_ids.setdefault(project_id, project_id)
+            project_id = sys.intern(project_id)
             memo[conversation_id] = project_id
             if len(memo) > PROJECT_OF_MEMO_SIZE:
                 del memo[next(iter(memo))]
-                if len(self._project_ids) > PROJECT_OF_MEMO_SIZE:
-                    self._project_ids.clear()  # only shares strings; rebuilt as they come
         return project_id
 
     async def project_is_open(self, project_id: str) -> bool | None:

@@ -22,16 +22,14 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from storage.redis_autopipeline import AutoPipeline, run_script
 from storage.redis_client import RedisClient, lua_source
-
-if TYPE_CHECKING:
-    from storage.redis_autopipeline import AutoPipeline
 
 
 def load_lua(name: str) -> str:
@@ -154,9 +152,7 @@ class SlidingWindowLimiter:
 
     async def hit(self, subject: str) -> RateLimitDecision:
         """Take one grant for ``subject`` if the window has room (one Redis round trip)."""
-        keys, args = [self.key(subject)], self.script_args()
-        if self._autopipeline is not None:
-            reply = await self._autopipeline.run_script(self._script, keys, args)
-        else:
-            reply = await self._script(keys=keys, args=args)
+        reply = await run_script(
+            self._script, [self.key(subject)], self.script_args(), self._autopipeline
+        )
         return self.decision(*reply)

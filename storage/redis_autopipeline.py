@@ -49,7 +49,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +61,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
-    AuthenticationError, BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError,
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -78,6 +83,8 @@ log = structlog.get_logger(__name__)
 REPLY_CHECK_INTERVAL_S = 0.5
 #: Commands queued or awaiting their reply, at most; beyond, commands fail at once.
 MAX_PENDING_COMMANDS = 10_000
+#: Errors of one connection attempt that are worth another attempt.
+_CONNECT_ERRORS = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 _NOT_ENOUGH_DATA = object()
 
 
@@ -244,8 +251,10 @@ class AutoPipeline:
         self._endpoint = endpoint
         self._max_pending = max_pending
         self._timeouts = timeouts or RedisTimeouts()
-        self._backoff = ExponentialBackoff(
-            cap=self._timeouts.backoff_cap_s, base=self._timeouts.backoff_base_s
+        # redis-py's own retry loop, with the pool's back-off, around each connect.
+        self._retry = Retry(
+            ExponentialBackoff(cap=self._timeouts.backoff_cap_s, base=self._timeouts.backoff_base_s),
+            self._timeouts.retries, supported_errors=_CONNECT_ERRORS,
         )
         self._loop = asyncio.get_running_loop()
         self._protocol: _RespProtocol | None = None
@@ -351,21 +360,15 @@ class AutoPipeline:
         """Connect, with back-off between attempts; then write what is queued, or fail it."""
         error: BaseException | None = None
         try:
-            for attempt in range(self._timeouts.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self._backoff.compute(attempt))
-                try:
-                    self._protocol = await self._open()
-                    self._protocol.was_used = True
-                    self.stats.connects += 1
-                    break
-                except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
-                        BusyLoadingError) as exc:
-                    self.stats.connect_failures += 1
-                    error = exc
+            protocol = await self._retry.call_with_retry(self._open, self._connect_failed)
+            protocol.was_used = True
+            self._protocol = protocol
+            self.stats.connects += 1
         except asyncio.CancelledError as exc:  # closing
             error = exc
             raise
+        except _CONNECT_ERRORS as exc:
+            error = exc
         except Exception as exc:  # a bug, or an error outside the list: callers must not wait
             log.exception("redis_autopipeline_connect_failed")
             error = exc
@@ -376,6 +379,9 @@ class AutoPipeline:
                     f"Error connecting to Redis: {type(error).__name__}: {error}"
                 ))
         self._flush()
+
+    async def _connect_failed(self, _error: Exception) -> None:
+        self.stats.connect_failures += 1
 
     def _fail_queued(self, error: Exception) -> None:
         futures, self._out, self._out_futures = self._out_futures, [], []
@@ -479,6 +485,16 @@ class AutoPipeline:
             protocol.transport.close()
 
 
+def run_script(
+    script: Any, keys: Sequence[Any], args: Sequence[Any], autopipeline: AutoPipeline | None
+) -> Awaitable[Any]:
+    """Run a registered script (``AsyncScript``) over ``autopipeline`` when there is one,
+    else through the pooled client it was registered with."""
+    if autopipeline is not None:
+        return autopipeline.run_script(script, keys, args)
+    return script(keys=list(keys), args=list(args))  # type: ignore[no-any-return]
+
+
 class AutoPipelineCollector(Collector):
     """``echo_redis_autopipeline_*``: commands, writes (so commands per write), reconnects, timeouts."""
 
@@ -498,10 +514,9 @@ class AutoPipelineCollector(Collector):
             ("refused", "Commands refused because too many were pending", stats.refused),
         ):
             yield CounterMetricFamily(f"echo_redis_autopipeline_{name}", doc, value=value)
-        protocol = self._pipeline._protocol
         yield GaugeMetricFamily(
-            "echo_redis_autopipeline_pending", "Commands written and awaiting their reply",
-            value=len(protocol.waiters) if protocol is not None else 0,
+            "echo_redis_autopipeline_pending", "Commands queued or awaiting their reply",
+            value=self._pipeline.pending(),
         )
 
 
