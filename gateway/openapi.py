@@ -81,27 +81,27 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[str] = (), body
     return op
 
 
+#: What a host sets on a project and reads back alike.
+PROJECT_SETTINGS: dict[str, Any] = {
+    "is_conversation_allowed": BOOL, "is_get_reply_enabled": BOOL, "is_verify_enabled": BOOL,
+    "is_verify_on_finish_enabled": BOOL, "default_conversation_tutorial_slug": OPT_STR,
+    "default_conversation_title": OPT_STR, "default_conversation_description": OPT_STR,
+    "default_conversation_finish_text": OPT_STR,
+    "default_conversation_ask_for_participant_name": BOOL,
+    "conversation_ask_for_participant_name_label": OPT_STR,
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"detail": STR, "code": STR, "request_id": STR}, ["detail"]),
     "Tag": _obj({"id": UUID, "text": STR}, ["id", "text"]),
     "Project": _obj({
         "id": UUID, "language": STR, "tags": {"type": "array", "items": _ref("Tag")},
-        "is_conversation_allowed": BOOL, "is_get_reply_enabled": BOOL, "is_verify_enabled": BOOL,
-        "is_verify_on_finish_enabled": BOOL, "default_conversation_tutorial_slug": OPT_STR,
-        "default_conversation_title": OPT_STR, "default_conversation_description": OPT_STR,
-        "default_conversation_finish_text": OPT_STR,
-        "default_conversation_ask_for_participant_name": BOOL,
-        "conversation_ask_for_participant_name_label": OPT_STR,
+        **PROJECT_SETTINGS,
     }, ["id", "language", "tags", "is_conversation_allowed"]),
     "ProjectInput": _obj({
         "name": OPT_STR, "language": STR,
         "tags": {"type": "array", "items": {"oneOf": [STR, _obj({"id": UUID, "text": STR}, ["text"])]}},
-        "is_conversation_allowed": BOOL, "is_get_reply_enabled": BOOL, "is_verify_enabled": BOOL,
-        "is_verify_on_finish_enabled": BOOL, "default_conversation_tutorial_slug": OPT_STR,
-        "default_conversation_title": OPT_STR, "default_conversation_description": OPT_STR,
-        "default_conversation_finish_text": OPT_STR,
-        "default_conversation_ask_for_participant_name": BOOL,
-        "conversation_ask_for_participant_name_label": OPT_STR,
+        **PROJECT_SETTINGS,
     }, extra=False),
     "Conversation": _obj({
         "id": UUID, "project_id": UUID, "title": OPT_STR, "description": OPT_STR,
