@@ -128,21 +128,20 @@ def gateway_middleware_factory(
             if allowed is not None:
                 origin = request.headers.get("Origin")
                 allowed_origin = origin if origin in allowed else None
-                if _is_preflight(request):
-                    response: web.StreamResponse = _preflight_response(request, allowed_origin)
-                    status = response.status
-                    response.headers[REQUEST_ID_HEADER] = request_id
-                    return response
-            try:
-                if max_body_bytes is not None:
-                    _check_body_limit(request, max_body_bytes)
-                response = await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
-                response = _error_response(request, exc)
-            if security_headers:
-                _add_security_headers(response)
-            if allowed is not None:
-                _add_cors_headers(response, allowed_origin)
+            response: web.StreamResponse
+            if allowed is not None and _is_preflight(request):
+                response = _preflight_response(request, allowed_origin)
+            else:
+                try:
+                    if max_body_bytes is not None:
+                        _check_body_limit(request, max_body_bytes)
+                    response = await handler(request)
+                except Exception as exc:  # noqa: BLE001 - every error becomes a JSON answer
+                    response = _error_response(request, exc)
+                if security_headers:
+                    _add_security_headers(response)
+                if allowed is not None:
+                    _add_cors_headers(response, allowed_origin)
             status = response.status
             response.headers[REQUEST_ID_HEADER] = request_id
             return response

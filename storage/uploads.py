@@ -225,21 +225,6 @@ class PostPresigner:
         return PresignedPost(url=url, fields=fields)
 
 
-async def presign_post(
-    presign_client: S3Client, *, bucket: str, key: str, content_type: str,
-    max_bytes: int, expires_s: int,
-) -> PresignedPost:
-    """A presigned POST through aiobotocore's public API (see :class:`PostPresigner`)."""
-    post = await presign_client.generate_presigned_post(
-        Bucket=bucket,
-        Key=key,
-        Fields={"Content-Type": content_type},
-        Conditions=[{"Content-Type": content_type}, ["content-length-range", 1, max_bytes]],
-        ExpiresIn=expires_s,
-    )
-    return PresignedPost(url=post["url"], fields=dict(post["fields"]))
-
-
 async def presign_probe_put(presign_client: S3Client, *, bucket: str, key: str) -> str:
     """A presigned PUT (``Content-Type: text/plain``) valid for about a minute."""
     url: str = await presign_client.generate_presigned_url(
