@@ -25,15 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from emulators.anthropic import AnthropicEmulator, keyword_responder
+from prometheus_client import CollectorRegistry
 
-from config import Settings  # noqa: E402
-from devstack.servers import RedisServer  # noqa: E402
-from emulators.anthropic import AnthropicEmulator, keyword_responder  # noqa: E402
-from llm.jobs import run_batches  # noqa: E402
-from llm.lifecycle import open_llm  # noqa: E402
-from llm.selection import pack_batches, prompt_budget_tokens  # noqa: E402
-from storage.redis_client import open_redis  # noqa: E402
+from config import Settings
+from devstack.servers import RedisServer
+from llm.jobs import run_batches
+from llm.lifecycle import open_llm
+from llm.selection import pack_batches, prompt_budget_tokens
+from storage.redis_client import open_redis
 
 
 async def one_run(settings: Settings, conversations: list[tuple[str, str]]) -> tuple[float, int]:

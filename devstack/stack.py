@@ -19,7 +19,14 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Secret, Settings
-from devstack.servers import RedisServer, SeaweedServer, ServerStartError, free_port, free_port_block, port_is_free
+from devstack.servers import (
+    RedisServer,
+    SeaweedServer,
+    ServerStartError,
+    free_port,
+    free_port_block,
+    port_is_free,
+)
 from storage.s3_client import ensure_bucket, open_s3
 
 log = structlog.get_logger(__name__)

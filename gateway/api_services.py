@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from config import Settings
 from storage.conversations import ConversationStore
+from storage.presence import PresenceStore
 from storage.ratelimit import RateLimitMetrics, SlidingWindowLimiter
 from storage.redis_autopipeline import AutoPipeline
 from storage.redis_client import RedisClient
@@ -26,12 +27,6 @@ class ApiMetrics:
             ["outcome"],
             registry=registry,
         )
-        self.verifications = Counter(
-            "echo_upload_verifications",
-            "Background upload verification outcomes (uploaded, deferred, failed)",
-            ["outcome"],
-            registry=registry,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +37,8 @@ class ApiServices:
     upload_url_limiter: SlidingWindowLimiter
     initiate_limiter: SlidingWindowLimiter
     ping_limiter: SlidingWindowLimiter
+    #: The last ping of each conversation and visitor (the host's live view).
+    presence: PresenceStore
     #: The client used for data (HEAD, PUT, multipart).
     s3: S3Client
     #: The client whose endpoint browsers reach; presigned URLs are signed with it.
@@ -55,7 +52,8 @@ class ApiServices:
     @classmethod
     def build(
         cls, settings: Settings, redis: RedisClient, s3: S3Client, s3_presign: S3Client,
-        registry: CollectorRegistry, autopipeline: AutoPipeline | None = None,
+        registry: CollectorRegistry, publisher: Publisher,
+        autopipeline: AutoPipeline | None = None,
     ) -> ApiServices:
         """``autopipeline``, when given, carries the store's scripts and the limiters' checks."""
         prefix = settings.redis_key_prefix
@@ -64,7 +62,7 @@ class ApiServices:
         return cls(
             settings=settings,
             store=store,
-            publisher=Publisher.from_settings(redis, settings),
+            publisher=publisher,
             upload_url_limiter=SlidingWindowLimiter(
                 redis, name="upload-url", limit=settings.upload_url_limit_per_window,
                 window_s=settings.upload_url_limit_window_s, key_prefix=prefix, metrics=rl_metrics,
@@ -82,6 +80,7 @@ class ApiServices:
                 window_s=settings.ping_limit_window_s, key_prefix=prefix, metrics=rl_metrics,
                 autopipeline=autopipeline,
             ),
+            presence=PresenceStore(redis, key_prefix=prefix, ttl_s=settings.ping_ttl_s),
             s3=s3,
             s3_presign=s3_presign,
             presigner=PostPresigner(s3_presign),

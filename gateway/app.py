@@ -13,8 +13,8 @@ from gateway import health
 from gateway.appkeys import HTTP_METRICS, METRICS_REGISTRY, SETTINGS
 from gateway.lifecycle import redis_ctx, s3_ctx
 from gateway.metrics import HttpMetrics
-from gateway.routes import add_api_routes
 from gateway.middlewares import gateway_middleware_factory
+from gateway.routes import add_api_routes
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 

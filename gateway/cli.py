@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from config import Settings, SettingsError
 from gateway.logging import configure_logging, configure_sentry
-from aiohttp import web
-
 from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
 from storage.redis_client import open_redis
 
@@ -95,10 +94,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from devstack.stack import local_stack
     from gateway.app import create_app
-    from llm.lifecycle import llm_ctx
+    from gateway.consumers import worker_background
+    from gateway.lifecycle import llm_ctx
     from storage.s3_client import open_s3
     from storage.uploads import apply_bucket_cors
-    from streams.worker import worker_background
 
     async def main() -> int:
         async with local_stack(settings, args.data_dir) as effective:
@@ -130,8 +129,8 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import create_worker_app
-    from streams.registry import UnknownGroupError
-    from streams.worker import worker_background
+    from gateway.consumers import worker_background
+    from gateway.groups import UnknownGroupError
 
     try:
         background = worker_background(args.groups, args.concurrency)
@@ -157,13 +156,16 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _backlog(settings: Settings, args: argparse.Namespace) -> int:
+    from events.catalogue import STREAMS
     from storage.redis_client import open_redis
     from streams.backlog import backlog_rows, format_rows
     from streams.names import StreamNames
 
     async def main() -> int:
         async with open_redis(settings) as redis:
-            rows = await backlog_rows(redis, StreamNames(settings.redis_key_prefix))
+            rows = await backlog_rows(
+                redis, StreamNames(settings.redis_key_prefix), streams=list(STREAMS)
+            )
         print(format_rows(rows, as_json=args.json))
         return 0
 

@@ -9,8 +9,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, REDIS, S3, SETTINGS
-from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from gateway.responses import json_response
+from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 
 READINESS_TIMEOUT_S = 1.0
 
@@ -33,10 +33,13 @@ async def _ping_redis(app: web.Application) -> None:
         await app[REDIS].ping()
 
 
+_REDIS_CHECK_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_UNAVAILABLE_ERRORS)
+
+
 async def _check_redis(app: web.Application) -> str | None:
     try:
         await asyncio.wait_for(_ping_redis(app), READINESS_TIMEOUT_S)
-    except (TimeoutError, *REDIS_UNAVAILABLE_ERRORS) as exc:
+    except _REDIS_CHECK_ERRORS as exc:
         return f"redis: {type(exc).__name__}: {exc}" if str(exc) else f"redis: {type(exc).__name__}"
     return None
 

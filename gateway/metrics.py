@@ -57,7 +57,7 @@ class HttpMetrics(Collector):
             "echo_http_request_duration_seconds",
             "Time to answer an HTTP request, by method, route and status", labels=labels,
         )
-        bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS_S, math.inf)]
+        bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS_S, math.inf)]  # type: ignore[no-untyped-call]
         for (method, route, status), (count, total_s, per_bucket) in list(self._series.items()):
             values = [method, route, str(status)]
             requests.add_metric(values, count)

@@ -33,8 +33,8 @@ from gateway.appkeys import HTTP_METRICS
 from gateway.errors import ApiError, error_body
 from gateway.ids import new_request_id
 from gateway.metrics import route_label
-from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from gateway.responses import json_response
+from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 
 log = structlog.get_logger(__name__)
 

@@ -6,9 +6,11 @@ so a route cannot be added without being described (or the reverse).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+
 from gateway.responses import json_response
 
 routes = web.RouteTableDef()
@@ -66,8 +68,9 @@ HOST_ERRORS = {"400": _err("invalid input"), "401": _err("missing or wrong host 
                "404": _err("unknown id"), "503": _err("data store unavailable")}
 
 
-def _op(summary: str, responses: dict[str, Any], *, params: list[str] = (), body: dict[str, Any] | None = None,
-        tags: list[str] | None = None, host: bool = False, extra_params: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def _op(summary: str, responses: dict[str, Any], *, params: Sequence[str] = (),
+        body: dict[str, Any] | None = None, tags: list[str] | None = None, host: bool = False,
+        extra_params: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     parameters = [_param(p) for p in params] + list(extra_params)
     if parameters:

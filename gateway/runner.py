@@ -12,16 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 import uvloop
 from aiohttp import web
 
+from devstack.children import child_preexec
+
 log = structlog.get_logger(__name__)
 
 
-def run_async(main: Callable[[], Awaitable[int]]) -> int:
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on a uvloop event loop and return its exit code."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -31,10 +34,13 @@ async def wait_for_stop_signal() -> int:
     """Return the number of the first SIGTERM or SIGINT received."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[int] = loop.create_future()
+
+    def received_signal(signum: int) -> None:
+        if not received.done():
+            received.set_result(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            signum, lambda s=signum: received.done() or received.set_result(s)
-        )
+        loop.add_signal_handler(signum, received_signal, signum)
     try:
         return await received
     finally:
@@ -67,23 +73,6 @@ async def serve_app(
     return 0
 
 
-def die_with_parent() -> None:
-    """Run in a child before exec (``preexec_fn``): get SIGTERM when the parent dies
-    (Linux), so a killed supervisor, ``dev`` or test run leaves no process behind."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def child_preexec() -> Callable[[], None] | None:
-    """:func:`die_with_parent` where it works (Linux), else nothing."""
-    return die_with_parent if sys.platform.startswith("linux") else None
-
-
 def supervise(child_args: Sequence[str], count: int, *, grace_s: float) -> int:
     """Run ``count`` copies of ``python -m gateway.cli <child_args>``; forward SIGTERM/SIGINT.
 
@@ -93,7 +82,8 @@ def supervise(child_args: Sequence[str], count: int, *, grace_s: float) -> int:
     """
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *child_args], preexec_fn=child_preexec()
+            [sys.executable, "-m", "gateway.cli", *child_args],
+            preexec_fn=child_preexec(),  # noqa: PLW1509 - prctl only (devstack.children)
         )
         for _ in range(count)
     ]

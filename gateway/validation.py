@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.appkeys import SETTINGS
+from gateway.errors import BadRequest, PayloadTooLarge
 
 _MISSING = object()
 
@@ -118,7 +118,7 @@ def uuid_list(body: dict[str, Any], name: str, *, max_items: int = 100) -> list[
 
 def timestamp(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     """An ISO 8601 time, returned as given (validated)."""
-    value = string(body, name, required=required, max_len=64)
+    value: str | None = string(body, name, required=required, max_len=64)
     if value is None:
         return None
     try:
@@ -131,7 +131,7 @@ def timestamp(body: dict[str, Any], name: str, *, required: bool = True) -> str 
 
 def language_tag(body: dict[str, Any], name: str = "language", *, required: bool = False) -> str | None:
     """A language tag such as ``en`` or ``nl-BE``."""
-    value = string(body, name, required=required, max_len=16, allow_empty=False)
+    value: str | None = string(body, name, required=required, max_len=16, allow_empty=False)
     if value is not None and not all(c.isascii() and (c.isalnum() or c == "-") for c in value):
         raise BadRequest(f"{name}: a language tag such as 'en' or 'nl-BE'")
     return value

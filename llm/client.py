@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from llm.limiter import ClusterLimiter, PermitUnavailable
 from llm.metrics import LlmMetrics
 from llm.providers import AttemptFailed, Completion, LlmRequest, PromptTooLong, Provider
 from llm.retry import PAUSING_STATUSES, backoff_s, retry_hint_s, should_retry
+from storage.permits import ClusterLimiter, PermitUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -13,14 +13,11 @@ raises, so the stream retries the event and finally dead-letters it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import structlog
-from aiohttp import web
 
 from config import Settings
-from gateway.appkeys import LLM, REDIS, S3, SETTINGS
+from events import catalogue as events
+from events.catalogue import AutoSelectRequest, SummarizeRequest
 from llm.jobs import JobStore, run_batches
 from llm.lifecycle import LlmService
 from llm.selection import (
@@ -32,16 +29,11 @@ from llm.selection import (
 )
 from llm.summary import put_summary_s3, summarize, summary_s3_key
 from storage.conversations import ConversationStore
-from storage.redis_client import RedisClient, lua_source
+from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from streams import names
 from streams.spec import EventContext, GroupSpec
 
 log = structlog.get_logger(__name__)
-
-SUMMARIZE_EVENT = "conversation.summarize"
-AUTO_SELECT_EVENT = "auto_select.requested"
-
 
 class StoreConversationSource:
     """:class:`~llm.selection.ConversationSource` on the Redis conversation store."""
@@ -57,30 +49,6 @@ class StoreConversationSource:
         return [(d["id"], d.get("summary"), d.get("merged_transcript")) for d in docs]
 
 
-def _required_str(payload: Mapping[str, Any], name: str) -> str:
-    value = payload[name]
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string")
-    return value
-
-
-def parse_summarize(payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "conversation_id": _required_str(payload, "conversation_id"),
-        "generation": int(payload.get("generation", 0)),
-        "language": payload.get("language") or None,
-    }
-
-
-def parse_auto_select(payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "job_id": _required_str(payload, "job_id"),
-        "project_id": _required_str(payload, "project_id"),
-        "query": _required_str(payload, "query"),
-        "language": payload.get("language") or None,
-    }
-
-
 class LlmHandlers:
     """The ``llm`` group's handler, dispatching on the event type."""
 
@@ -94,56 +62,47 @@ class LlmHandlers:
         source: ConversationSource | None = None,
     ) -> None:
         self._service = service
-        self._redis = redis
         self._s3 = s3
         self._settings = settings
+        # The store owns the conversation hash: its summary fields are read and written there.
         self._store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
         self._source = source or StoreConversationSource(self._store)
-        self._store_summary = redis.register_script(lua_source(__file__, "store_summary.lua"))
 
     @property
     def jobs(self) -> JobStore:
         return self._service.jobs
 
     async def handle(self, ctx: EventContext) -> None:
-        if ctx.type == SUMMARIZE_EVENT:
+        if ctx.type == events.CONVERSATION_SUMMARIZE.name:
             await self.summarize(ctx.payload)
-        elif ctx.type == AUTO_SELECT_EVENT:
+        elif ctx.type == events.AUTO_SELECT_REQUESTED.name:
             await self.auto_select(ctx.payload)
 
-    async def summarize(self, payload: Mapping[str, Any]) -> str:
+    async def summarize(self, request: SummarizeRequest) -> str:
         """Returns ``ok``, ``already``, ``stale``, ``empty`` or ``no_conversation``."""
-        cid, generation = payload["conversation_id"], payload["generation"]
-        key = self._store.conversation_key(cid)
-        transcript, current_gen, summary_gen = await self._redis.hmget(
-            key, ["merged_transcript", "final_gen", "summary_gen"]
+        cid, generation = request.conversation_id, request.generation
+        inputs = await self._store.summary_inputs(cid)
+        skip = inputs.skip_reason(generation)
+        if skip is not None:
+            return skip  # no_conversation | stale (a newer generation asks) | already | empty
+        summary = await summarize(
+            self._service.llm, cid, inputs.merged_transcript, request.language
         )
-        if current_gen is None and transcript is None:
-            return "no_conversation"
-        if str(current_gen or 0) != str(generation):
-            return "stale"  # a newer generation asks for its own summary
-        if summary_gen == str(generation):
-            return "already"
-        if not transcript or not transcript.strip():
-            return "empty"
-        summary = await summarize(self._service.llm, cid, transcript, payload.get("language"))
         s3_key = await put_summary_s3(self._s3, self._settings.s3_bucket, summary)
-        outcome = str(
-            await self._store_summary(
-                keys=[key],
-                args=[generation, summary.text, summary.provider, summary.model, s3_key],
-            )
+        outcome = await self._store.store_summary(
+            cid, generation, text=summary.text, provider=summary.provider, model=summary.model,
+            s3_key=s3_key,
         )
         log.info("llm_summary_stored", conversation_id=cid, outcome=outcome,
                  provider=summary.provider)
         return outcome
 
-    async def auto_select(self, payload: Mapping[str, Any]) -> None:
-        job_id = payload["job_id"]
+    async def auto_select(self, request: AutoSelectRequest) -> None:
+        job_id = request.job_id
         status = await self.jobs.status(job_id)
         if status is None or status == "completed":
             return  # expired, unknown, or done by an earlier delivery
-        rows = await self._source.conversations_for_selection(payload["project_id"])
+        rows = await self._source.conversations_for_selection(request.project_id)
         settings = self._settings
         packed = pack_batches(
             items_for_selection(rows),
@@ -165,9 +124,9 @@ class LlmHandlers:
             llm,
             self.jobs,
             job_id,
-            payload["query"],
+            request.query,
             batches,
-            language=payload.get("language"),
+            language=request.language,
             parallel=settings.llm_job_parallel_batches,
             skip=await self.jobs.done_batches(job_id),
         )
@@ -176,10 +135,10 @@ class LlmHandlers:
 def llm_group(handlers: LlmHandlers, settings: Settings) -> GroupSpec:
     """The ``llm`` group: few handlers at once per process (the real bound is the limiter's)."""
     return GroupSpec(
-        stream=names.LLM,
-        group=names.LLM_GROUP,
+        stream=events.LLM,
+        group=events.LLM_GROUP,
         handler=handlers.handle,
-        event_types={SUMMARIZE_EVENT: parse_summarize, AUTO_SELECT_EVENT: parse_auto_select},
+        event_types=events.parsers(events.CONVERSATION_SUMMARIZE, events.AUTO_SELECT_REQUESTED),
         concurrency=max(2, settings.llm_max_concurrent_calls),
         max_deliveries=5,
         retry_base_s=2.0,
@@ -187,10 +146,4 @@ def llm_group(handlers: LlmHandlers, settings: Settings) -> GroupSpec:
     )
 
 
-def llm_spec(app: web.Application) -> GroupSpec:
-    """The registry factory (``streams.registry``); needs ``llm_ctx`` before the consumers."""
-    handlers = LlmHandlers(app[LLM], redis=app[REDIS], s3=app[S3], settings=app[SETTINGS])
-    return llm_group(handlers, app[SETTINGS])
-
-
-__all__ = ["LlmHandlers", "StoreConversationSource", "llm_group", "llm_spec", "summary_s3_key"]
+__all__ = ["LlmHandlers", "StoreConversationSource", "llm_group", "summary_s3_key"]

@@ -107,7 +107,8 @@ class JobStore:
 
     async def done_batches(self, job_id: str) -> frozenset[int]:
         fields = await self._redis.hkeys(self.key(job_id))
-        return frozenset(int(f.split(":", 1)[1]) for f in fields if f.startswith("batch:"))
+        names = [str(f) for f in fields]
+        return frozenset(int(f.split(":", 1)[1]) for f in names if f.startswith("batch:"))
 
     async def record_batch(self, job_id: str, result: BatchResult) -> bool:
         """Store one batch's result once; True if this call recorded it."""
@@ -155,7 +156,7 @@ class JobStore:
         return JobView(job_id, data)
 
 
-def _float_or_none(value: str | None) -> float | None:
+def _float_or_none(value: str | bytes | None) -> float | None:
     return float(value) if value else None
 
 

@@ -1,4 +1,4 @@
-"""Building the LLM layer for one process, and its aiohttp ``cleanup_ctx``.
+"""Building the LLM layer for one process (the gateway's ``llm_ctx`` owns it).
 
 One provider (one ``AsyncAnthropic``, or the offline provider without
 ``ANTHROPIC_API_KEY``) and one limiter per process, owned by the app.
@@ -11,17 +11,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from gateway.appkeys import LLM, METRICS_REGISTRY, REDIS, SETTINGS
 from llm.client import BoundedLlm, RetryPolicy
 from llm.jobs import JobStore
-from llm.keys import LimiterKeys
-from llm.limiter import ClusterLimiter, LimiterConfig
 from llm.metrics import LlmMetrics
 from llm.providers import AnthropicProvider, OfflineProvider, Provider
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
@@ -91,10 +88,3 @@ async def open_llm(
         )
     finally:
         await llm.close()
-
-
-async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: append after ``redis_ctx``; stores :class:`LlmService` under ``appkeys.LLM``."""
-    async with open_llm(app[SETTINGS], app[REDIS], app[METRICS_REGISTRY]) as service:
-        app[LLM] = service
-        yield

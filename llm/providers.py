@@ -150,8 +150,7 @@ class AnthropicProvider:
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _STOPWORDS = frozenset(
-    "a an and are as at be but by for from has have i in is it its of on or that the this to "
-    "was were will with we you they he she not what which who about into than then there".split()
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "i", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with", "we", "you", "they", "he", "she", "not", "what", "which", "who", "about", "into", "than", "then", "there"]
 )
 
 

@@ -6,9 +6,10 @@ The SDK's own retries are off (``max_retries=0``); this module decides.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 #: Statuses worth another attempt: timeouts, rate limits, server errors, 529 overloaded.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
@@ -42,7 +43,7 @@ def retry_hint_s(
     a rate-limited answer, the ``anthropic-ratelimit-*-reset`` times (RFC 3339);
     takes the latest.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     hints: list[float] = []
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
@@ -61,20 +62,20 @@ def retry_hint_s(
                 parsed = None
             if parsed is not None:
                 if parsed.tzinfo is None:
-                    parsed = parsed.replace(tzinfo=timezone.utc)
+                    parsed = parsed.replace(tzinfo=UTC)
                 hints.append((parsed - now).total_seconds())
     for name in _RESET_HEADERS if rate_limited else ():
         value = headers.get(name)
         if not value:
             continue
         try:
-            reset = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            reset = datetime.fromisoformat(value)  # 3.11 reads a trailing "Z"
         except ValueError:
             continue
         if reset.tzinfo is None:
-            reset = reset.replace(tzinfo=timezone.utc)
+            reset = reset.replace(tzinfo=UTC)
         hints.append((reset - now).total_seconds())
-    valid = [h for h in hints if h == h and h >= 0]  # drop NaN and times already past
+    valid = [h for h in hints if not math.isnan(h) and h >= 0]  # drop NaN and times past
     return max(valid) if valid else None
 
 

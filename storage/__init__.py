@@ -1,1 +1,2 @@
-"""Clients of the stores (Redis, S3) and, later, the upload confirmation consumer."""
+"""Clients of the stores (Redis, S3); the conversation store, sole owner of its key families;
+rate limits, presence and the cluster-wide permit semaphore."""

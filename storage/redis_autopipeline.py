@@ -15,14 +15,10 @@ connection's state; in this code base, Lua scripts (:meth:`AutoPipeline.run_scri
 not run). Never ``BLOCK``, ``SUBSCRIBE``, ``MULTI``/``WATCH`` or ``SELECT``:
 those stay on the pooled client.
 
-Connection settings come from the same ``Settings`` as the pooled client:
-host and port or Unix socket, user and password, database, TLS verified
-against ``REDIS_CA_FILE`` or the system CAs with the hostname checked (there is
-no way to turn verification off), client name, connect and socket timeouts,
-TCP keepalive. Under Sentinel the master's address is asked of the Sentinels
-(through the pooled client's pool) at every connect. Redis Cluster is not
-multiplexed: :func:`open_autopipeline` yields None and callers use the pooled
-client.
+Where and how it connects (the pooled client's URL, Sentinel, TLS, timeouts)
+and the connection itself are in ``storage/redis_connection.py``. Redis Cluster
+is not multiplexed: :func:`open_autopipeline` yields None and callers use the
+pooled client.
 
 Failure behaviour, the pooled client's contract (the HTTP layer answers 503
 for these errors):
@@ -46,9 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -59,23 +52,15 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    BusyLoadingError,
-    NoScriptError,
-    ReadOnlyError,
-    ResponseError,
-)
+from redis.exceptions import BusyLoadingError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config import Settings
-from storage.redis_client import CLIENT_NAME, RedisClient, RedisTimeouts, keepalive_options
+from config import RedisSettings
+from storage.redis_client import RedisClient, RedisTimeouts
+from storage.redis_connection import Endpoint, RespProtocol, connect
 
 log = structlog.get_logger(__name__)
 
@@ -85,148 +70,6 @@ REPLY_CHECK_INTERVAL_S = 0.5
 MAX_PENDING_COMMANDS = 10_000
 #: Errors of one connection attempt that are worth another attempt.
 _CONNECT_ERRORS = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, BusyLoadingError)
-_NOT_ENOUGH_DATA = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to connect (the master's address is asked of Sentinel when ``sentinel_pool``)."""
-
-    host: str | None = None
-    port: int = 6379
-    unix_path: str | None = None
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-    tls: ssl.SSLContext | None = None
-    sentinel_pool: SentinelConnectionPool | None = None
-    client_name: str | None = CLIENT_NAME
-    #: Reply strings are decoded with this (None: bytes).
-    encoding: str | None = "utf-8"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, pooled: RedisClient) -> Endpoint | None:
-        """The endpoint of ``settings`` (None on Cluster, which this client does not serve)."""
-        if settings.redis_cluster or not isinstance(pooled, Redis):
-            return None
-        if settings.redis_sentinels:
-            pool = pooled.connection_pool
-            assert isinstance(pool, SentinelConnectionPool)
-            return cls(sentinel_pool=pool)
-        assert settings.redis_url
-        options = parse_url(settings.redis_url)
-        connection_class = options.get("connection_class")
-        unknown = set(options) - {"host", "port", "path", "username", "password", "db",
-                                  "connection_class"}
-        if unknown:
-            # URL options this client would ignore (the pooled client honours them).
-            log.info("redis_autopipeline_off", reason=f"URL options {sorted(unknown)}")
-            return None
-        tls = None
-        # Settings refuse REDIS_CA_FILE without rediss://, so the two always agree.
-        if connection_class is not None and issubclass(connection_class, SSLConnection):
-            tls = ssl.create_default_context(cafile=settings.redis_ca_file)
-        is_unix = connection_class is not None and issubclass(
-            connection_class, UnixDomainSocketConnection
-        )
-        return cls(
-            host=None if is_unix else options.get("host", "localhost"),
-            port=int(options.get("port", 6379)),
-            unix_path=options.get("path") if is_unix else None,
-            username=options.get("username"),
-            password=options.get("password"),
-            db=int(options.get("db", 0)),
-            tls=tls,
-        )
-
-
-class _RespProtocol(asyncio.Protocol):
-    """One connection: replies resolve ``waiters`` in order."""
-
-    def __init__(self, owner: AutoPipeline, encoding: str | None) -> None:
-        self._owner = owner
-        reader_options: dict[str, Any] = {"notEnoughData": _NOT_ENOUGH_DATA}
-        if encoding:
-            reader_options["encoding"] = encoding
-        self._reader = hiredis.Reader(**reader_options)
-        #: (future, reply deadline on the loop's clock), oldest first.
-        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.lost = False
-        #: Became the owner's connection (a failed set-up's connection never does).
-        self.was_used = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        waiters = self.waiters
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                self.drop(RedisConnectionError(f"Redis protocol error: {exc}"))
-                return
-            except UnicodeDecodeError as exc:
-                # The whole reply was read: the connection is still in step. Its caller
-                # gets the error, as from the pooled client.
-                reply = exc
-            if reply is _NOT_ENOUGH_DATA:
-                return
-            if not waiters:
-                self.drop(RedisConnectionError("Redis sent a reply nobody asked for"))
-                return
-            future, _ = waiters.popleft()
-            if isinstance(reply, UnicodeDecodeError):
-                if not future.done():
-                    future.set_exception(reply)
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                error = _typed_error(str(reply))
-                if isinstance(error, ReadOnlyError):
-                    # A demoted master: the next command must find the new one.
-                    if not future.done():
-                        future.set_exception(RedisConnectionError(f"Redis is read-only: {reply}"))
-                    self.drop(RedisConnectionError("the Redis master was demoted"))
-                    return
-                if not future.done():
-                    future.set_exception(error)
-            elif not future.done():
-                future.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fail_all(RedisConnectionError(
-            f"Connection to Redis lost{f': {exc}' if exc else ''}"
-        ))
-        self._owner._lost(self)
-
-    def fail_all(self, error: Exception) -> None:
-        self.lost = True
-        waiters, self.waiters = self.waiters, deque()
-        for future, _ in waiters:
-            if not future.done():
-                future.set_exception(error)
-
-    def drop(self, error: Exception) -> None:
-        """Fail what is pending with ``error`` and close the connection at once."""
-        self.fail_all(error)
-        if self.transport is not None:
-            self.transport.abort()
-
-
-def _typed_error(message: str) -> ResponseError | AuthenticationError:
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    if message.startswith(("NOAUTH", "WRONGPASS")):
-        return AuthenticationError(message)  # a ConnectionError: the API answers 503
-    if message.startswith("READONLY"):
-        return ReadOnlyError(message)
-    if message.startswith("LOADING"):
-        return BusyLoadingError(message)
-    return ResponseError(message)
 
 
 @dataclass(slots=True)
@@ -254,10 +97,11 @@ class AutoPipeline:
         # redis-py's own retry loop, with the pool's back-off, around each connect.
         self._retry = Retry(
             ExponentialBackoff(cap=self._timeouts.backoff_cap_s, base=self._timeouts.backoff_base_s),
-            self._timeouts.retries, supported_errors=_CONNECT_ERRORS,
+            # redis-py annotates RedisError subclasses only; it catches whatever the tuple holds.
+            self._timeouts.retries, supported_errors=_CONNECT_ERRORS,  # type: ignore[arg-type]
         )
         self._loop = asyncio.get_running_loop()
-        self._protocol: _RespProtocol | None = None
+        self._protocol: RespProtocol | None = None
         self._connecting: asyncio.Task[None] | None = None
         #: Packed commands not yet written, and their callers' futures.
         self._out: list[bytes] = []
@@ -389,75 +233,10 @@ class AutoPipeline:
             if not future.done():
                 future.set_exception(error)
 
-    async def _address(self) -> tuple[str, int]:
-        endpoint = self._endpoint
-        if endpoint.sentinel_pool is not None:
-            host, port = await endpoint.sentinel_pool.get_master_address()
-            return str(host), int(port)
-        assert endpoint.host is not None
-        return endpoint.host, endpoint.port
+    async def _open(self) -> RespProtocol:
+        return await connect(self._endpoint, self._timeouts, on_lost=self._lost)
 
-    async def _open(self) -> _RespProtocol:
-        endpoint = self._endpoint
-        protocol = _RespProtocol(self, endpoint.encoding)
-        # Sentinel discovery has its own timeouts (one connect timeout per Sentinel tried).
-        host, port = await self._address() if endpoint.unix_path is None else ("", 0)
-        async with asyncio.timeout(self._timeouts.connect_s):
-            if endpoint.unix_path is not None:
-                await self._loop.create_unix_connection(lambda: protocol, endpoint.unix_path)
-            else:
-                await self._loop.create_connection(
-                    lambda: protocol, host, port, ssl=endpoint.tls,
-                    server_hostname=host if endpoint.tls is not None else None,
-                )
-        assert protocol.transport is not None
-        sock = protocol.transport.get_extra_info("socket")
-        if sock is not None and endpoint.unix_path is None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for option, value in keepalive_options().items():
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-        try:
-            await self._handshake(protocol)
-        except BaseException:
-            protocol.transport.abort()
-            raise
-        return protocol
-
-    async def _handshake(self, protocol: _RespProtocol) -> None:
-        """AUTH, SELECT and CLIENT SETNAME, written together; any error fails the connect."""
-        endpoint = self._endpoint
-        commands: list[tuple[Any, ...]] = []
-        if endpoint.password is not None:
-            commands.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
-                            else ("AUTH", endpoint.password))
-        if endpoint.db:
-            commands.append(("SELECT", endpoint.db))
-        if endpoint.client_name:
-            commands.append(("CLIENT", "SETNAME", endpoint.client_name))
-        if not commands:
-            return
-        # A server that accepts connections but does not answer is given twice the
-        # connect timeout, not the socket timeout, for each attempt.
-        budget_s = min(self._timeouts.socket_s, 2 * self._timeouts.connect_s)
-        deadline = self._loop.time() + budget_s
-        futures = [self._loop.create_future() for _ in commands]
-        protocol.waiters.extend((future, deadline) for future in futures)
-        assert protocol.transport is not None
-        protocol.transport.write(b"".join(hiredis.pack_command(c) for c in commands))
-        try:
-            async with asyncio.timeout(budget_s):
-                for future in futures:
-                    await future
-        except ResponseError as exc:
-            raise RedisConnectionError(f"Redis refused the connection set-up: {exc}") from exc
-        finally:
-            for future in futures:  # the replies after a failed one are not needed
-                if future.done() and not future.cancelled():
-                    future.exception()
-                else:
-                    future.cancel()
-
-    def _lost(self, protocol: _RespProtocol) -> None:
+    def _lost(self, protocol: RespProtocol) -> None:
         if self._protocol is protocol:
             self._protocol = None
         if not self._closed and protocol.was_used:
@@ -522,7 +301,7 @@ class AutoPipelineCollector(Collector):
 
 @asynccontextmanager
 async def open_autopipeline(
-    settings: Settings, pooled: RedisClient, *, registry: CollectorRegistry | None = None,
+    settings: RedisSettings, pooled: RedisClient, *, registry: CollectorRegistry | None = None,
     timeouts: RedisTimeouts | None = None,
 ) -> AsyncIterator[AutoPipeline | None]:
     """The process's auto-pipeline for ``settings`` (None when ``REDIS_AUTOPIPELINE`` is off or

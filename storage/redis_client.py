@@ -34,7 +34,7 @@ from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config import Settings
+from config import RedisSettings
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -85,7 +85,7 @@ def keepalive_options() -> dict[int, int]:
     return options
 
 
-def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str, Any]:
+def _connection_kwargs(settings: RedisSettings, timeouts: RedisTimeouts) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": timeouts.connect_s,
@@ -112,13 +112,15 @@ def _connection_kwargs(settings: Settings, timeouts: RedisTimeouts) -> dict[str,
     return kwargs
 
 
-def _make_redis(settings: Settings, timeouts: RedisTimeouts) -> tuple[RedisClient, list[Redis]]:
+def _make_redis(
+    settings: RedisSettings, timeouts: RedisTimeouts
+) -> tuple[RedisClient, list[Redis]]:
     """The client for ``settings`` (standalone, Sentinel or Cluster), and helper clients
     (the Sentinel connections) that must be closed with it."""
     kwargs = _connection_kwargs(settings, timeouts)
     if settings.redis_sentinels:
         assert settings.redis_sentinel_master
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(settings.redis_sentinels),
             sentinel_kwargs={
                 "socket_connect_timeout": timeouts.connect_s,
@@ -152,7 +154,7 @@ def _make_redis(settings: Settings, timeouts: RedisTimeouts) -> tuple[RedisClien
 
 @asynccontextmanager
 async def open_redis(
-    settings: Settings, timeouts: RedisTimeouts | None = None
+    settings: RedisSettings, timeouts: RedisTimeouts | None = None
 ) -> AsyncIterator[RedisClient]:
     """Create the process's client and close its pool on exit.
 

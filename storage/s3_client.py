@@ -15,12 +15,12 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from config import Settings
+from config import S3Settings
 
 S3Client = Any  # aiobotocore generates the client class at run time
 
 
-def s3_config(settings: Settings) -> AioConfig:
+def s3_config(settings: S3Settings) -> AioConfig:
     return AioConfig(
         signature_version="s3v4",
         # Path-style addressing works with AWS and with every S3-compatible server.
@@ -32,7 +32,7 @@ def s3_config(settings: Settings) -> AioConfig:
     )
 
 
-def client_kwargs(settings: Settings, *, endpoint_url: str | None = None) -> dict[str, Any]:
+def client_kwargs(settings: S3Settings, *, endpoint_url: str | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "region_name": settings.s3_region,
         "endpoint_url": endpoint_url or settings.s3_endpoint_url,
@@ -46,7 +46,9 @@ def client_kwargs(settings: Settings, *, endpoint_url: str | None = None) -> dic
 
 
 @asynccontextmanager
-async def open_s3(settings: Settings, *, endpoint_url: str | None = None) -> AsyncIterator[S3Client]:
+async def open_s3(
+    settings: S3Settings, *, endpoint_url: str | None = None
+) -> AsyncIterator[S3Client]:
     """Create the process's S3 client and close it on exit."""
     session = get_session()
     async with session.create_client("s3", **client_kwargs(settings, endpoint_url=endpoint_url)) as client:

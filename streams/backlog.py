@@ -1,4 +1,4 @@
-"""The backlog report: one row per stream and group (``echo-gateway backlog``)."""
+"""The backlog report: one row per stream and group, for operators and the gauges."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 
 from redis.exceptions import ResponseError
 
-from storage.redis_client import RedisClient
 from streams.names import StreamNames
+from streams.redis_types import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +31,18 @@ def _id_ms(entry_id: str) -> int:
 
 
 async def backlog_rows(
-    redis: RedisClient, names: StreamNames, streams: Iterable[str] | None = None
+    redis: RedisClient, names: StreamNames, streams: Iterable[str]
 ) -> list[BacklogRow]:
-    """Figures of every group of every stream (the catalogue by default).
+    """Figures of every group of each of ``streams`` (logical names, e.g. the application's
+    catalogue).
 
     A stream without groups yields one row with group ``-``.
     """
     seconds, micros = await redis.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
-    for name in streams if streams is not None else [k.name for k in names.catalogue()]:
-        keys = names.keys(name)
+    for keys in names.catalogue(streams):
+        name = keys.name
         async with redis.pipeline(transaction=False) as pipe:
             pipe.xlen(keys.stream)
             pipe.xlen(keys.dead)

@@ -13,8 +13,6 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-FIELDS = ("id", "type", "v", "created_ms", "idem", "request_id", "attempt", "payload")
-
 
 class EnvelopeError(ValueError):
     """A stream entry is not a valid event (missing field, bad JSON, unknown type...)."""
@@ -52,6 +50,14 @@ class Envelope:
     def next_attempt(self, payload_update: dict[str, Any] | None = None) -> Envelope:
         payload = {**self.payload, **(payload_update or {})}
         return replace(self, attempt=self.attempt + 1, payload=payload)
+
+
+def encode_member(envelope: Envelope) -> str:
+    """The delayed-set member of an event: a JSON array of its stream fields, in order."""
+    flat: list[str] = []
+    for key, value in envelope.fields().items():
+        flat += [key, value]
+    return json.dumps(flat, separators=(",", ":"))
 
 
 def decode(fields: dict[str, str]) -> Envelope:

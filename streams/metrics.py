@@ -1,4 +1,4 @@
-"""Prometheus metrics of streams and consumer groups, registered in the app's registry."""
+"""Prometheus metrics of streams and consumer groups, registered in the caller's registry."""
 
 from __future__ import annotations
 

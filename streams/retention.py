@@ -10,12 +10,11 @@ stream without groups is not trimmed (only the XADD length cap applies).
 
 from __future__ import annotations
 
-from storage.redis_client import RedisClient
 from streams.names import StreamKeys
 from streams.scripts import Scripts
 
 
-async def trim(redis: RedisClient, scripts: Scripts, keys: StreamKeys, max_age_s: float) -> int:
+async def trim(scripts: Scripts, keys: StreamKeys, max_age_s: float) -> int:
     """Trim ``keys.stream`` safely; return how many entries were removed."""
     removed = await scripts.retention(keys=[keys.stream], args=[int(max_age_s * 1000)])
     return int(removed)

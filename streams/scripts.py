@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from storage.redis_client import RedisClient, lua_source
+from streams.redis_types import RedisClient
+
+#: Shipped as package data beside this module.
+LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 
 def _source(name: str) -> str:
-    return lua_source(__file__, f"{name}.lua")
+    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
 class Scripts:
     deadletter: Any
     defer: Any
-    schedule: Any
     move_due: Any
     renew: Any
     reclaim: Any

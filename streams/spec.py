@@ -4,15 +4,15 @@ A handler is ``async def handle(ctx: EventContext) -> None``. Returning acks
 the entry; raising retries it with back-off (by delivery count) and past
 ``max_deliveries`` moves it to the dead letters; raising :class:`Defer` (or
 calling ``ctx.defer(...)``) acks it and re-publishes it after a delay, which
-is not a failure. Handlers must be idempotent: see
-:mod:`streams.idempotency` and ``ctx.idempotency_key``.
+is not a failure. Handlers must be idempotent: an entry is redelivered when a
+worker dies between its effect and its ack; dedupe on ``ctx.idempotency_key``.
 
-Example, added to :mod:`streams.registry`::
+Example, built by the application and handed to the runtime::
 
     GroupSpec(
-        stream=names.UPLOADS, group=names.UPLOAD_CONFIRMATION_GROUP,
-        handler=confirm_upload,
-        event_types={"upload.verify": UploadVerify.from_payload},
+        stream="orders", group="billing",
+        handler=bill_order,
+        event_types={"order.placed": OrderPlaced.from_payload},
         concurrency=4, lease_s=30, max_deliveries=5,
     )
 """
@@ -40,10 +40,6 @@ class Defer(Exception):
         super().__init__(f"deferred by {delay_s}s")
         self.delay_s = delay_s
         self.payload_update = dict(payload_update or {})
-
-
-class DeadLetter(Exception):
-    """Raise from a handler when retrying is pointless: the entry goes to the dead letters now."""
 
 
 #: Turns a payload dict into the handler's typed value; raises ValueError/TypeError/KeyError.
@@ -81,14 +77,6 @@ class EventContext:
         """How many times this event was deferred before."""
         return self.envelope.attempt
 
-    def done_marker(self, tag: str) -> str:
-        """The idempotency marker key of this event under hash tag ``tag`` (e.g. ``c:<uuid>``).
-
-        Put it in the same MULTI or Lua script as the handler's last state change,
-        see :func:`streams.idempotency.apply_once`.
-        """
-        return self.names.done_marker(tag, self.group, self.idempotency_key)
-
     async def last_error(self, redis: Any) -> str:
         """The error the runtime recorded for this entry's last failed delivery ("" if none);
         kept in the stream's ``errors`` hash while the entry is pending."""
@@ -109,8 +97,8 @@ Handler = Callable[[EventContext], Awaitable[None]]
 class GroupSpec:
     """One consumer group: which stream, which handler, how much at once, how patient.
 
-    ``None`` means "from settings" (``STREAM_CONCURRENCY``, ``STREAM_LEASE_S``,
-    ``STREAM_MAX_DELIVERIES``).
+    ``None`` means "from :class:`~streams.config.StreamsConfig`" (``concurrency``,
+    ``lease_s``, ``max_deliveries``).
     """
 
     stream: str

@@ -21,6 +21,10 @@ from devstack.servers import RedisServer, SeaweedServer
 from storage.redis_client import RedisClient, open_redis
 from storage.s3_client import S3Client, ensure_bucket, open_s3
 
+# per_test_timeout (tests/per_test_timeout.py): a hung async test fails alone.
+# pytester: test_per_test_timeout.py runs small pytest sessions to prove it.
+pytest_plugins = ["pytester", "per_test_timeout"]
+
 # Tests that start real processes must not inherit the developer's configuration.
 for _name in list(os.environ):
     if _name.startswith(("REDIS_", "S3_", "AWS_", "ANTHROPIC_", "LLM_", "TRANSCRIBER", "CORS_")):

@@ -11,6 +11,7 @@ from api_support import (  # noqa: F401  (fixtures)
     ORIGIN, P, api_env, client, confirm, create_project, get_upload_url, initiate, make_client,
     new_id, open_conversation, post_to_s3, stream_events,
 )
+from waiting import wait_until
 from storage.redis_client import RedisClient
 
 
@@ -99,13 +100,13 @@ async def test_s3_refuses_an_expired_upload_url(make_client: Any) -> None:
     client = await make_client(UPLOAD_URL_EXPIRES_S="1")
     _, conversation = await open_conversation(client)
     grant = await get_upload_url(client, conversation["id"])
-    deadline = asyncio.get_running_loop().time() + 30
-    await asyncio.sleep(2.5)
-    status = (await post_to_s3(grant, b"x" * 10)).status
-    while status != 403 and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.5)
-        status = (await post_to_s3(grant, b"x" * 10)).status
-    assert status == 403
+    await asyncio.sleep(2.5)  # the behaviour under test: the 1 s URL expires meanwhile
+
+    async def refused() -> bool:
+        return (await post_to_s3(grant, b"x" * 10)).status == 403
+
+    await wait_until(refused, timeout_s=27.5, interval_s=0.5,
+                     message="S3 still takes the expired upload URL")
 
 
 async def test_the_41st_upload_url_in_a_minute_is_a_429_with_retry_after(
@@ -298,16 +299,16 @@ async def test_unknown_tags_are_400(client: Any) -> None:
 
 @pytest.mark.slow
 async def test_an_idle_conversation_is_finished_automatically(make_client: Any) -> None:
-    import asyncio
-
     client = await make_client(IDLE_FINISH_AFTER_S="1")
     project, conversation = await open_conversation(client)
     url = f"{P}/projects/{project['id']}/conversations/{conversation['id']}"
-    deadline = asyncio.get_running_loop().time() + 30
-    while not (await (await client.get(url)).json())["is_finished"]:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.2)
-    assert (await (await client.get(url)).json())["finish_reason"] == "idle"
+
+    async def view() -> dict[str, Any]:
+        return dict(await (await client.get(url)).json())
+
+    await wait_until(view, until=lambda v: v["is_finished"], timeout_s=30, interval_s=0.2,
+                     message="the idle conversation was not finished")
+    assert (await view())["finish_reason"] == "idle"
 
 
 async def test_conversation_starts_are_limited_per_client_ip(make_client: Any) -> None:
@@ -334,7 +335,7 @@ async def test_the_idle_sweeper_logs_an_unexpected_error_and_keeps_sweeping(
     from structlog.testing import capture_logs
 
     from config import Settings
-    from gateway.routes import idle_finish_loop
+    from gateway.idle_finish import idle_finish_loop
     from storage.conversations import ConversationStore
 
     class BrokenOnce(ConversationStore):
@@ -352,11 +353,9 @@ async def test_the_idle_sweeper_logs_an_unexpected_error_and_keeps_sweeping(
     stop = asyncio.Event()
     with capture_logs() as logs:
         task = asyncio.create_task(idle_finish_loop(services, stop))  # type: ignore[arg-type]
-        deadline = asyncio.get_running_loop().time() + 10
-        while store.sweeps < 2:
-            assert not task.done(), "the sweeper stopped"
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: store.sweeps >= 2 or task.done(), timeout_s=10,
+                         message="the sweeper did not sweep twice")
+        assert store.sweeps >= 2, "the sweeper stopped"
         stop.set()
         await asyncio.wait_for(task, 5)
     failures = [e for e in logs if e["event"] == "idle_sweep_failed"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from gateway.wiring import publisher_for, streams_config
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,14 +12,15 @@ from prometheus_client import CollectorRegistry
 from api_support import (  # noqa: F401  (fixtures)
     P, api_env, confirm, get_upload_url, make_client, open_conversation, post_to_s3, stream_events,
 )
+from waiting import wait_until
 from config import Settings
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from storage.upload_confirmation import (
-    UploadVerify, publish_verification, upload_confirmation_group,
-)
-from streams.consumer import ConsumerRuntime
+from events import catalogue as events
+from events.catalogue import ChunkUpload
+from uploads.confirmation import upload_confirmation_group
+from streams.runtime import ConsumerRuntime
 from streams.names import StreamNames
 from streams.publisher import Publisher
 
@@ -35,10 +36,12 @@ async def run_consumer(redis: RedisClient, s3: S3Client) -> AsyncIterator[Any]:
     ) -> ConsumerRuntime:
         spec = upload_confirmation_group(
             store=ConversationStore(redis, key_prefix=settings.redis_key_prefix),
-            s3=s3_client or s3, publisher=publisher or Publisher.from_settings(redis, settings),
+            s3=s3_client or s3, publisher=publisher or publisher_for(redis, settings),
             settings=settings,
         )
-        runtime = ConsumerRuntime(redis, settings, CollectorRegistry(), [spec], consumer_name="t")
+        runtime = ConsumerRuntime(
+            redis, streams_config(settings), CollectorRegistry(), [spec], consumer_name="t"
+        )
         await runtime.start()
         runtimes.append(runtime)
         return runtime
@@ -51,13 +54,6 @@ async def run_consumer(redis: RedisClient, s3: S3Client) -> AsyncIterator[Any]:
 async def _chunk_status(client: Any, pid: str, cid: str) -> list[tuple[str, str | None]]:
     chunks = await (await client.get(f"{P}/projects/{pid}/conversations/{cid}/chunks")).json()
     return [(c["status"], c["error"]) for c in chunks]
-
-
-async def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -78,14 +74,18 @@ async def test_confirm_before_the_object_exists_is_202_then_the_consumer_verifie
     assert (await confirm(client, cid, grant)).status == 202
     assert len(await _chunk_status(client, pid, cid)) == 1
 
-    await run_consumer(Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.5,0.5,1,2,4,8,15"}))
-    await asyncio.sleep(0.7)  # let it look (and defer) at least once
+    runtime = await run_consumer(
+        Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.5,0.5,1,2,4,8,15"})
+    )
+    deferred = runtime.metrics.deferred.labels(*runtime.groups[0].ctx.labels)
+    await wait_until(lambda: deferred._value.get() >= 1,
+                     message="the consumer never looked for the object (and deferred)")
     assert (await post_to_s3(grant, b"z" * 500)).status == 204
 
     async def uploaded() -> bool:
         return await _chunk_status(client, pid, cid) == [("uploaded", None)]
 
-    await _wait_for(uploaded)
+    await wait_until(uploaded, timeout_s=60, interval_s=0.1, message="never confirmed")
     # Events may repeat (publishing is at-least-once); they carry one idempotency key.
     events = await stream_events(redis, "transcription")
     assert {(e["idem"], e["payload"]["chunk_id"]) for e in events} == {
@@ -110,7 +110,7 @@ async def test_an_upload_that_never_appears_is_marked_failed_when_the_window_is_
     async def failed() -> bool:
         return await _chunk_status(client, pid, cid) == [("failed", "upload not found")]
 
-    await _wait_for(failed)
+    await wait_until(failed, timeout_s=60, interval_s=0.1, message="never marked failed")
     events = await stream_events(redis, "transcription")
     assert [e for e in events if e["type"] == "chunk.uploaded"] == []
     # The failed chunk was the last open one of a finished conversation: finalization is asked for.
@@ -124,13 +124,12 @@ def test_the_default_verification_window_is_at_least_30_seconds() -> None:
 
 
 async def test_the_registry_factory_builds_the_group_from_the_app(make_client: Any) -> None:
-    from storage.upload_confirmation import UPLOAD_VERIFY_EVENT, upload_confirmation_spec
-    from streams import names
+    from gateway.groups import upload_confirmation_spec
 
     client = await make_client()
     spec = upload_confirmation_spec(client.server.app)
-    assert (spec.stream, spec.group) == (names.UPLOADS, names.UPLOAD_CONFIRMATION_GROUP)
-    assert set(spec.event_types) == {UPLOAD_VERIFY_EVENT}
+    assert (spec.stream, spec.group) == (events.UPLOADS, events.UPLOAD_CONFIRMATION_GROUP)
+    assert set(spec.event_types) == {events.UPLOAD_VERIFY.name}
 
 
 # --- lost finalize events, S3 errors, dead letters
@@ -171,7 +170,7 @@ class FailingHeads:
 
 async def _pending_upload(
     redis: RedisClient, settings: Settings, *, finished: bool
-) -> tuple[ConversationStore, UploadVerify]:
+) -> tuple[ConversationStore, ChunkUpload]:
     """A listed ``pending_verification`` chunk (its verify event published) of a conversation."""
     import uuid
 
@@ -186,8 +185,8 @@ async def _pending_upload(
                               source="PORTAL_AUDIO", verified=False)
     if finished:
         await store.finish(cid)
-    upload = UploadVerify(cid, chunk_id, key, "audio/webm")
-    await publish_verification(Publisher.from_settings(redis, settings), upload)
+    upload = ChunkUpload(cid, chunk_id, key, "audio/webm")
+    await events.publish(publisher_for(redis, settings), events.UPLOAD_VERIFY, upload)
     return store, upload
 
 
@@ -209,7 +208,8 @@ async def test_a_lost_finalize_publication_is_repeated_when_the_event_is_redeliv
     async def finalize_published() -> bool:
         return bool(await _finalize_events(redis, upload.conversation_id))
 
-    await _wait_for(finalize_published, timeout_s=15)
+    await wait_until(finalize_published, timeout_s=15, interval_s=0.1,
+                     message="finalize was never published")
     assert publisher.fail == 0  # the first publication did fail
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and (chunk["status"], chunk["error"]) == ("failed", "upload not found")
@@ -230,7 +230,7 @@ async def test_an_s3_error_within_the_window_defers_and_the_upload_is_still_veri
         chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
         return chunk is not None and chunk["status"] == "uploaded"
 
-    await _wait_for(uploaded, timeout_s=15)
+    await wait_until(uploaded, timeout_s=15, interval_s=0.1, message="never verified")
     assert heads.heads == heads.fail + 1
     assert await redis.xlen("echo:{uploads}:dead") == 0
 
@@ -252,7 +252,7 @@ async def test_an_upload_s3_refuses_to_show_fails_readably_when_the_window_is_sp
             chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
             return chunk is not None and chunk["status"] == "failed"
 
-        await _wait_for(failed, timeout_s=15)
+        await wait_until(failed, timeout_s=15, interval_s=0.1, message="never marked failed")
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and chunk["error"].startswith("upload could not be verified: ")
     assert "403" in chunk["error"]
@@ -271,14 +271,14 @@ async def test_a_delivery_past_the_attempts_fails_the_chunk_instead_of_dead_lett
     settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1"})
     store, upload = await _pending_upload(redis, settings, finished=True)
     spec = upload_confirmation_group(
-        store=store, s3=s3, publisher=Publisher.from_settings(redis, settings), settings=settings,
+        store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
     )
     assert spec.max_deliveries is not None
     [(entry_id, fields)] = await redis.xrange("echo:{uploads}")
     envelope = decode(fields)
     ctx = EventContext(
         stream=spec.stream, group=spec.group, entry_id=entry_id, envelope=envelope,
-        payload=UploadVerify.from_payload(envelope.payload), deliveries=spec.max_deliveries,
+        payload=ChunkUpload.from_payload(envelope.payload), deliveries=spec.max_deliveries,
         names=StreamNames(settings.redis_key_prefix),
     )
     await spec.handler(ctx)  # the object is not there and the window is not spent: no matter

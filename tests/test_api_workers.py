@@ -13,25 +13,23 @@ import aiohttp
 import pytest
 
 from api_support import ADMIN_TOKEN, HOST_HEADERS, P  # noqa: F401
+from waiting import wait_until
 from devstack.servers import free_port
-from gateway.runner import child_preexec
+from devstack.children import child_preexec
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 
 
 async def _wait_until_up(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
     async with aiohttp.ClientSession() as http:
-        while True:
+
+        async def healthy() -> bool:
             assert proc.poll() is None, "the gateway exited during start"
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert asyncio.get_running_loop().time() < deadline, "the gateway did not start"
-            await asyncio.sleep(0.2)
+            async with http.get(f"{base}/healthz") as resp:
+                return resp.status == 200
+
+        await wait_until(healthy, timeout_s=timeout_s, interval_s=0.2,
+                         retry_on=(aiohttp.ClientError,), message="the gateway did not start")
 
 
 @pytest.mark.slow

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from waiting import wait_until
 
-from gateway.runner import child_preexec
+from devstack.children import child_preexec
 from devstack.servers import free_port
 
 
@@ -46,18 +45,19 @@ def test_serve_without_redis_url_is_a_configuration_error() -> None:
 
 
 async def _wait_http(url: str, status: int, deadline_s: float, proc: subprocess.Popen) -> None:
-    started = time.monotonic()
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() - started < deadline_s:
+
+        async def answered() -> bool:
             assert proc.poll() is None, "process exited early"
-            try:
-                async with session.get(url) as response:
-                    if response.status == status:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} never answered {status}")
+            async with session.get(url) as response:
+                return response.status == status
+
+        await wait_until(answered, timeout_s=deadline_s, interval_s=0.2,
+                         retry_on=(aiohttp.ClientError,), message=f"{url} never answered {status}")
+
+
+def _alive_among(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if _alive(pid)]
 
 
 def _children_of(pid: int) -> list[int]:
@@ -118,10 +118,8 @@ async def test_a_killed_supervisor_leaves_no_worker_serving(env: dict[str, str],
     finally:
         proc.kill()  # no chance to stop its children itself
         proc.wait()
-    deadline = time.monotonic() + 15
-    while [pid for pid in children if _alive(pid)]:
-        assert time.monotonic() < deadline, "orphaned workers kept serving"
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _alive_among(children), until=lambda alive: not alive,
+                     timeout_s=15, interval_s=0.1, message="orphaned workers kept serving")
 
 
 @pytest.mark.slow
@@ -142,8 +140,6 @@ async def test_dev_serves_ready_and_leaves_no_process_after_sigterm(tmp_path: Pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert f"http://127.0.0.1:{port}" in out
-    deadline = time.monotonic() + 10
-    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in children if _alive(pid)]
+    await wait_until(lambda: _alive_among(children), until=lambda alive: not alive,
+                     timeout_s=10, interval_s=0.1, message="dev left processes behind")
     assert (data_dir / "redis" / "appendonlydir").is_dir(), "Redis persists in the data dir"

@@ -7,14 +7,18 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from waiting import wait_until
 
-from storage.conversations import (
-    ChunkKeyMismatch, ChunkNotFound, ConversationNotFound, ConversationStore,
-)
 from config import Settings
+from storage.conversations import (
+    ChunkKeyMismatch,
+    ChunkNotFound,
+    ConversationNotFound,
+    ConversationStore,
+)
 from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import RedisClient
 from streams.names import StreamNames
@@ -67,10 +71,8 @@ async def test_an_issued_chunk_is_unlisted_and_expires_with_its_url(store: Conve
     assert (await store.get_chunk(cid, chunk_id))["status"] == "issued"  # type: ignore[index]
     assert await store.list_chunks(cid) == []
     assert await store.all_chunks_done(cid)
-    deadline = asyncio.get_running_loop().time() + 10
-    while await store.get_chunk(cid, chunk_id) is not None:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: store.get_chunk(cid, chunk_id), until=lambda chunk: chunk is None,
+                     timeout_s=10, message="the issued chunk did not expire")
     with pytest.raises(ChunkNotFound):
         await store.confirm_chunk(cid, chunk_id, path="k", timestamp=T, source="x", verified=True)
 
@@ -159,14 +161,15 @@ async def test_unknown_conversations_issue_no_urls(store: ConversationStore) -> 
 
 async def test_idle_conversations_are_finished_once_even_by_concurrent_sweepers(store: ConversationStore) -> None:
     idle = await _conversation(store)
-    results = await asyncio.gather(*(store.finish_idle(0.2) for _ in range(5)))
-    deadline = asyncio.get_running_loop().time() + 10
-    finished: list[str] = [cid for r in results for cid, _ in r]
-    while idle not in finished:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.1)
+    finished: list[str] = []
+
+    async def five_sweepers_at_once() -> bool:
         rounds = await asyncio.gather(*(store.finish_idle(0.2) for _ in range(5)))
-        finished += [cid for r in rounds for cid, _ in r]
+        finished.extend(cid for r in rounds for cid, _ in r)
+        return idle in finished
+
+    await wait_until(five_sweepers_at_once, timeout_s=10, interval_s=0.1,
+                     message="the idle conversation was never finished")
     assert finished.count(idle) == 1
     conversation = await store.get_conversation(idle)
     assert conversation is not None and conversation["finish_reason"] == "idle"
@@ -178,23 +181,25 @@ async def test_an_idle_conversation_stays_in_the_idle_set_until_its_finalize_eve
     """One failed publication in a sweep loses no finalize event: the next sweep retries."""
     from types import SimpleNamespace
 
-    from gateway.routes import sweep_idle_once
+    from gateway.idle_finish import sweep_idle_once
 
     settings = dataclasses.replace(settings, idle_finish_after_s=1)
     first, second = await _conversation(store), await _conversation(store)
     publisher = _FailingOnce(redis, StreamNames(settings.redis_key_prefix))
     services = SimpleNamespace(settings=settings, store=store, publisher=publisher)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # the behaviour under test: both become idle (idle_finish_after_s=1)
     with pytest.raises(ConnectionError):
         await sweep_idle_once(services)  # type: ignore[arg-type]
     assert await redis.zcard(store.idle_key()) == 2  # nothing published, nothing forgotten
-    deadline = asyncio.get_running_loop().time() + 10
-    while await redis.zcard(store.idle_key()):
-        assert asyncio.get_running_loop().time() < deadline, "the idle set was not emptied"
-        await asyncio.sleep(0.2)
+
+    async def sweep_again() -> int:
         await sweep_idle_once(services)  # type: ignore[arg-type]
-    finalize = [json.loads(f["payload"])["conversation_id"]
-                for _, f in await redis.xrange("echo:{transcription}")]
+        return int(await redis.zcard(store.idle_key()))
+
+    await wait_until(sweep_again, until=lambda idle: idle == 0, timeout_s=10, interval_s=0.2,
+                     message="the idle set was not emptied")
+    entries = cast(list[tuple[str, dict[str, str]]], await redis.xrange("echo:{transcription}"))
+    finalize = [json.loads(f["payload"])["conversation_id"] for _, f in entries]
     assert sorted(finalize) == sorted([first, second])
     for cid in (first, second):
         conversation = await store.get_conversation(cid)
@@ -218,16 +223,17 @@ async def test_deleting_a_chunk_of_a_finalized_conversation_reopens_it(
 ) -> None:
     """The stored transcript still holds the deleted chunk: the conversation is finalized again."""
     cid = await _conversation(store)
-    kept, _ = await store.add_text_chunk(cid, content="kept", timestamp=T, source="PORTAL_TEXT")
+    await store.add_text_chunk(cid, content="kept", timestamp=T, source="PORTAL_TEXT")
     gone, _ = await store.add_text_chunk(cid, content="gone", timestamp=T, source="PORTAL_TEXT")
     await store.finish(cid)
     assert await store.mark_finalized(cid, merged_transcript="kept\n\ngone", summary=None) == "ok"
-    generation = int(await redis.hget(store.conversation_key(cid), "final_gen"))
+    generation = int(cast(str, await redis.hget(store.conversation_key(cid), "final_gen")))
     assert await store.delete_chunk(cid, gone["id"])
     conversation = await store.get_conversation(cid)
     assert conversation is not None and conversation["finalized_at"] is None
     assert not conversation["is_all_chunks_transcribed"]
-    assert int(await redis.hget(store.conversation_key(cid), "final_gen")) == generation + 1
+    final_gen = cast(str, await redis.hget(store.conversation_key(cid), "final_gen"))
+    assert int(final_gen) == generation + 1
     assert await store.is_finalizable(cid)
     assert await store.mark_finalized(cid, merged_transcript="kept", summary=None) == "ok"
 
@@ -266,3 +272,78 @@ async def test_issuing_with_the_limit_checks_the_project_and_consumes_nothing_wh
     await store.update_project(project["id"], {"is_conversation_allowed": False})
     with pytest.raises(ProjectClosed):
         await issue()
+
+
+async def test_a_finalization_claim_is_held_by_one_event_and_commits_one_generation(
+    store: ConversationStore,
+) -> None:
+    cid = await _conversation(store)
+    assert (await store.begin_finalization(cid, "1-0", 30)).outcome == "not_ready"
+    await store.add_text_chunk(cid, content="words", timestamp=T, source="PORTAL_TEXT")
+    await store.finish(cid)
+    claim = await store.begin_finalization(cid, "1-0", 30)
+    assert claim.outcome == "claimed"
+    assert (await store.begin_finalization(cid, "2-0", 30)).outcome == "busy"
+    assert await store.check_finalization(cid, "2-0", claim.generation, 30) == "lost"
+    assert await store.check_finalization(cid, "1-0", claim.generation, 30) == "ok"
+    committed = await store.commit_finalization(
+        cid, "1-0", claim.generation, merged_transcript="words", transcript_json_key="j",
+        transcript_text_key="t", failed_chunks=0,
+    )
+    assert committed == "ok"
+    done = await store.begin_finalization(cid, "2-0", 30)
+    assert (done.outcome, done.generation, done.done_token) == ("done", claim.generation, "1-0")
+    assert not done.summary_recorded
+    await store.record_summary_requested(cid, claim.generation)
+    assert (await store.begin_finalization(cid, "1-0", 30)).summary_recorded
+    state = await store.processing_state(cid)
+    assert state.finalizations == 1 and state.finalized_ms is not None
+    assert state.chunk_counts["transcribed"] == 1 and state.summary_requested
+    assert (state.transcript_json_key, state.transcript_text_key) == ("j", "t")
+    assert not state.summary_ready
+    unknown = await store.begin_finalization(str(uuid.uuid4()), "1-0", 30)
+    assert unknown.outcome == "no_conversation"
+
+
+async def test_a_chunk_listed_during_finalization_makes_the_commit_stale(
+    store: ConversationStore,
+) -> None:
+    cid = await _conversation(store)
+    await store.add_text_chunk(cid, content="first", timestamp=T, source="PORTAL_TEXT")
+    await store.finish(cid)
+    claim = await store.begin_finalization(cid, "1-0", 30)
+    await store.add_text_chunk(cid, content="second", timestamp=T, source="PORTAL_TEXT")
+    committed = await store.commit_finalization(
+        cid, "1-0", claim.generation, merged_transcript="first", transcript_json_key="j",
+        transcript_text_key="t", failed_chunks=0,
+    )
+    assert committed == "stale"
+    again = await store.begin_finalization(cid, "2-0", 30)  # the stale claim was released
+    assert again.outcome == "claimed" and again.generation == claim.generation + 1
+
+
+async def test_a_summary_is_stored_once_and_only_for_the_current_generation(
+    store: ConversationStore,
+) -> None:
+    missing = await store.summary_inputs(str(uuid.uuid4()))
+    assert missing.skip_reason(0) == "no_conversation"
+    cid = await _conversation(store)
+    await store.add_text_chunk(cid, content="words", timestamp=T, source="PORTAL_TEXT")
+    await store.finish(cid)
+    claim = await store.begin_finalization(cid, "1-0", 30)
+    gen = claim.generation
+    await store.commit_finalization(
+        cid, "1-0", gen, merged_transcript="words", transcript_json_key="j",
+        transcript_text_key="t", failed_chunks=0,
+    )
+    inputs = await store.summary_inputs(cid)
+    assert (inputs.skip_reason(gen - 1), inputs.skip_reason(gen)) == ("stale", None)
+    assert inputs.merged_transcript == "words"
+    summary = {"text": "s", "provider": "offline", "model": "m", "s3_key": "k"}
+    assert await store.store_summary(cid, gen - 1, **summary) == "stale"
+    assert await store.store_summary(cid, gen, **summary) == "ok"
+    assert await store.store_summary(cid, gen, **summary) == "already"
+    assert (await store.summary_inputs(cid)).skip_reason(gen) == "already"
+    assert (await store.processing_state(cid)).summary_ready
+    conversation = await store.get_conversation(cid)
+    assert conversation is not None and conversation["summary"] == "s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from emulators.anthropic import AnthropicEmulator
@@ -12,11 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from llm.client import BoundedLlm, LlmCallFailed, RetryPolicy
-from llm.keys import LimiterKeys
-from llm.limiter import ClusterLimiter, LimiterConfig
 from llm.metrics import LlmMetrics
 from llm.providers import AnthropicProvider, LlmRequest
 from llm.retry import retry_hint_s, should_retry
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
 
 REQUEST = LlmRequest(system="be brief", prompt="hello", max_tokens=64)
@@ -144,7 +143,7 @@ async def test_connection_errors_are_retried_until_the_deadline(redis: RedisClie
 
 
 def test_the_latest_retry_hint_wins() -> None:
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     reset = (now + timedelta(seconds=7)).isoformat().replace("+00:00", "Z")
     headers = {
         "retry-after-ms": "1500",

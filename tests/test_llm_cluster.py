@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from emulators.anthropic import AnthropicEmulator, keyword_responder
 from prometheus_client import CollectorRegistry
+from waiting import wait_until
 
 from devstack.servers import RedisServer
 from llm.jobs import JobStore
-from llm.keys import LimiterKeys
-from llm.limiter import ClusterLimiter, LimiterConfig
 from llm.metrics import LlmMetrics
 from llm.selection import pack_batches
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +75,12 @@ async def workers(
         for _ in range(count)
     ]
     try:
-        deadline = time.monotonic() + 60
-        while int(await redis.get(ready_key) or 0) < count:
-            assert time.monotonic() < deadline, "workers did not start"
+
+        async def all_ready() -> bool:
             assert all(p.returncode is None for p in procs), "a worker exited early"
-            await asyncio.sleep(0.05)
+            return int(await redis.get(ready_key) or 0) >= count
+
+        await wait_until(all_ready, timeout_s=60, message="workers did not start")
         await redis.set(go_key, "1")
         yield job_id, procs
     finally:
@@ -145,27 +146,26 @@ async def test_a_killed_holder_frees_its_permit_within_one_lease(
 ) -> None:
     lease_s = 2.0
     keys = LimiterKeys.for_prefix("echo")
-    async with AnthropicEmulator(latency_s=120) as emulator:
-        async with workers(
-            redis, redis_server, emulator, count=1, query="bikes", items=conversations(20),
-            bound=1, lease_s=lease_s, parallel=1,
-        ) as (_job_id, procs):
-            async with asyncio.timeout(30):
-                await emulator.request_arrived.wait()
-            (holder, expiry_ms), = await redis.zrange(keys.holders, 0, -1, withscores=True)
-            assert f":{procs[0].pid}:" in holder
-            procs[0].send_signal(signal.SIGKILL)
-            seconds, micros = await redis.time()
-            killed_ms = int(seconds) * 1000 + int(micros) // 1000
-            await procs[0].wait()
+    async with AnthropicEmulator(latency_s=120) as emulator, workers(
+        redis, redis_server, emulator, count=1, query="bikes", items=conversations(20),
+        bound=1, lease_s=lease_s, parallel=1,
+    ) as (_job_id, procs):
+        async with asyncio.timeout(30):
+            await emulator.request_arrived.wait()
+        (holder, expiry_ms), = await redis.zrange(keys.holders, 0, -1, withscores=True)
+        assert f":{procs[0].pid}:" in holder
+        procs[0].send_signal(signal.SIGKILL)
+        seconds, micros = await redis.time()
+        killed_ms = int(seconds) * 1000 + int(micros) // 1000
+        await procs[0].wait()
 
-            limiter = ClusterLimiter(
-                redis, keys, LimiterConfig(limit=1, lease_s=lease_s), LlmMetrics(CollectorRegistry())
-            )
-            async with limiter.permit(deadline=time.monotonic() + 30):
-                seconds, micros = await redis.time()
-                granted_ms = int(seconds) * 1000 + int(micros) // 1000
-                assert await redis.zscore(keys.holders, holder) is None
+        limiter = ClusterLimiter(
+            redis, keys, LimiterConfig(limit=1, lease_s=lease_s), LlmMetrics(CollectorRegistry())
+        )
+        async with limiter.permit(deadline=time.monotonic() + 30):
+            seconds, micros = await redis.time()
+            granted_ms = int(seconds) * 1000 + int(micros) // 1000
+            assert await redis.zscore(keys.holders, holder) is None
 
     # The dead holder's lease ended at most one lease after the kill; the bound held until then.
     assert expiry_ms <= killed_ms + lease_s * 1000

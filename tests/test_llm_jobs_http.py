@@ -5,25 +5,24 @@ Runs with the offline provider (no ANTHROPIC_API_KEY), as the embedded default d
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from waiting import wait_until
 
 from config import Settings
+from events import catalogue as events
 from gateway.app import create_app
 from gateway.appkeys import REDIS
-from llm.handlers import SUMMARIZE_EVENT, llm_spec
+from gateway.consumers import consumers_ctx
+from gateway.groups import llm_spec
+from gateway.wiring import publisher_for
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from streams import names
-from streams.publisher import Publisher
-from streams.worker import consumers_ctx
 
 TOKEN = "host-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,15 +59,16 @@ async def make_project(redis: RedisClient, n: int) -> tuple[str, list[str]]:
 
 
 async def poll_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def job() -> dict[str, Any]:
         response = await client.get(f"/api/jobs/{job_id}", headers=AUTH)
         assert response.status == 200
-        job: dict[str, Any] = await response.json()
-        if job["status"] == "completed":
-            return job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
+        return dict(await response.json())
+
+    completed: dict[str, Any] = await wait_until(
+        job, until=lambda j: j["status"] == "completed", timeout_s=timeout_s,
+        message=f"job {job_id} did not complete",
+    )
+    return completed
 
 
 @pytest.mark.slow
@@ -120,15 +120,14 @@ async def test_a_summary_request_stores_the_summary_on_the_conversation_and_in_s
     cid = (await store.create_conversation(project["id"], {"title": "t"}))["id"]
     transcript = " ".join(f"Sentence number {i} about housing." for i in range(12))
     await redis.hset(store.conversation_key(cid), mapping={"merged_transcript": transcript, "final_gen": 3})
-    publisher = Publisher.from_settings(client.app[REDIS], host_settings)
+    publisher = publisher_for(client.app[REDIS], host_settings)
     await publisher.publish(
-        names.LLM, SUMMARIZE_EVENT, {"conversation_id": cid, "generation": 3},
+        events.LLM, events.CONVERSATION_SUMMARIZE.name, {"conversation_id": cid, "generation": 3},
         idempotency_key=f"summary:{cid}:3",
     )
-    deadline = time.monotonic() + 60
-    while (await redis.hget(store.conversation_key(cid), "summary_gen")) != "3":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: redis.hget(store.conversation_key(cid), "summary_gen"),
+                     until=lambda generation: generation == "3", timeout_s=60,
+                     message="the summary was not stored")
     conversation = await store.get_conversation(cid)
     assert conversation is not None and conversation["summary"]
     assert await redis.hget(store.conversation_key(cid), "summary_provider") == "offline"

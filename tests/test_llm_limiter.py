@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from waiting import wait_until
 
 from config import Settings
-from llm.keys import LimiterKeys
-from llm.limiter import ClusterLimiter, LimiterConfig, PermitUnavailable
 from llm.metrics import LlmMetrics
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys, PermitUnavailable
 from storage.redis_client import RedisClient, RedisTimeouts, open_redis
 
 
@@ -33,11 +34,9 @@ def make_limiter(redis: RedisClient, keys: LimiterKeys, **config: float) -> Clus
     )
 
 
-async def wait_until(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+async def _until_counted(redis: RedisClient, key: str, n: int, what: str) -> None:
+    await wait_until(lambda: redis.zcard(key), until=lambda count: int(count) == n,
+                     timeout_s=20, interval_s=0.02, message=f"never {n} {what}")
 
 
 async def test_never_more_holders_than_the_limit_across_limiters(
@@ -53,7 +52,7 @@ async def test_never_more_holders_than_the_limit_across_limiters(
         async with limiter.permit():
             holding += 1
             peak = max(peak, holding)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the call's work: holders overlap, others queue
             holding -= 1
 
     await asyncio.gather(*(call(limiters[i % 3]) for i in range(24)))
@@ -77,22 +76,14 @@ async def test_waiters_are_served_first_come_first_served(
             order.append(n)
 
     first = asyncio.create_task(holder())
-    await wait_until(lambda: _holders(redis, keys, 1))
+    await _until_counted(redis, keys.holders, 1, "holders")
     waiters = []
     for n in range(6):
         waiters.append(asyncio.create_task(waiter(n)))
-        await wait_until(lambda n=n: _waiters(redis, keys, n + 1))  # type: ignore[misc]
+        await _until_counted(redis, keys.queue, n + 1, "waiters")  # queued in this order
     release.set()
     await asyncio.gather(first, *waiters)
     assert order == [0, 1, 2, 3, 4, 5]
-
-
-async def _holders(redis: RedisClient, keys: LimiterKeys, n: int) -> bool:
-    return int(await redis.zcard(keys.holders)) == n
-
-
-async def _waiters(redis: RedisClient, keys: LimiterKeys, n: int) -> bool:
-    return int(await redis.zcard(keys.queue)) == n
 
 
 async def test_a_cancelled_holder_gives_its_permit_back(
@@ -122,11 +113,68 @@ async def test_a_cancelled_waiter_leaves_the_queue(redis: RedisClient, keys: Lim
 
     async with limiter.permit():
         task = asyncio.create_task(wait_for_one())
-        await wait_until(lambda: _waiters(redis, keys, 1))
+        await _until_counted(redis, keys.queue, 1, "waiters")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert (await limiter.state())["waiters"] == 0
+
+
+def _swallowing_a_cancel(call: Any, ready: asyncio.Event | None = None) -> Any:
+    """``call`` (a script of the limiter), but its first run loses a cancellation, as redis-py
+    does on Python 3.11: it writes each command through ``asyncio.wait_for``, which returns
+    normally when the cancel lands in the loop round the write finished (CPython gh-86296)."""
+    swallowed = False
+
+    async def run(**kwargs: Any) -> Any:
+        nonlocal swallowed
+        if not swallowed:
+            swallowed = True
+            if ready is not None:
+                ready.set()
+            try:
+                await asyncio.Event().wait()  # cancelled here...
+            except asyncio.CancelledError:
+                pass  # ...and it goes on as if nothing happened
+        return await call(**kwargs)
+
+    return run
+
+
+async def test_a_waiter_whose_cancellation_redis_py_swallowed_still_leaves_the_queue(
+    redis: RedisClient, keys: LimiterKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why the README test run once hung here: the cancelled waiter polled on for ever."""
+    limiter = make_limiter(redis, keys, limit=1)
+
+    async def wait_for_one() -> None:
+        async with limiter.permit():
+            pytest.fail("granted while the only permit is held")
+
+    async with limiter.permit():
+        polling = asyncio.Event()
+        monkeypatch.setattr(limiter, "_acquire", _swallowing_a_cancel(limiter._acquire, polling))
+        task = asyncio.create_task(wait_for_one())
+        await polling.wait()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "the cancelled waiter is still polling"
+        assert task.cancelled()
+        assert (await limiter.state())["waiters"] == 0
+
+
+async def test_a_lease_renewer_whose_cancellation_was_swallowed_still_ends(
+    redis: RedisClient, keys: LimiterKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else leaving ``permit()`` waits for the renewer, which renews for ever."""
+    limiter = make_limiter(redis, keys, limit=1, lease_s=0.3)
+    renewing = asyncio.Event()
+    monkeypatch.setattr(limiter, "_renew", _swallowing_a_cancel(limiter._renew, renewing))
+    async with asyncio.timeout(10):
+        async with limiter.permit() as permit:
+            await renewing.wait()
+    assert not permit.lost.is_set()
+    assert (await limiter.state())["permits_in_use"] == 0
 
 
 async def test_a_dead_waiter_does_not_block_the_queue(

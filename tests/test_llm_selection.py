@@ -14,9 +14,7 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from llm.client import BoundedLlm, RetryPolicy
 from llm.jobs import JobStore, run_batches
-from llm.keys import LimiterKeys
 from llm.lifecycle import open_llm
-from llm.limiter import ClusterLimiter, LimiterConfig
 from llm.metrics import LlmMetrics
 from llm.providers import AnthropicProvider, extractive_summary, keywords
 from llm.selection import (
@@ -28,6 +26,7 @@ from llm.selection import (
     parse_selection,
     select_batch,
 )
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
 
 

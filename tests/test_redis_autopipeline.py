@@ -8,16 +8,28 @@ import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from waiting import wait_until
 
 from config import Settings
 from devstack.servers import RedisServer
-from storage.redis_autopipeline import AutoPipeline, Endpoint, open_autopipeline
+from storage.redis_autopipeline import AutoPipeline, open_autopipeline
 from storage.redis_client import RedisClient, RedisTimeouts, open_redis
+from storage.redis_connection import Endpoint
+
+
+async def _written(pipeline: AutoPipeline, *args: object) -> asyncio.Future[Any]:
+    """``pipeline.execute(*args)``, once it is written on the connection (its reply pending)."""
+    before = pipeline.stats.commands
+    command: asyncio.Future[Any] = asyncio.ensure_future(pipeline.execute(*args))
+    await wait_until(lambda: pipeline.stats.commands > before, interval_s=0.001,
+                     message=f"{args[0]} was not written")
+    return command
 
 
 @pytest.fixture
@@ -82,8 +94,7 @@ async def test_a_caller_cancelled_before_the_write_sends_nothing(pipeline: AutoP
 async def test_a_caller_cancelled_after_the_write_leaves_the_replies_in_step(
     pipeline: AutoPipeline,
 ) -> None:
-    waiting = asyncio.ensure_future(pipeline.execute("BLPOP", "autopipeline:never", 0.3))
-    await asyncio.sleep(0.05)  # written, reply pending
+    waiting = await _written(pipeline, "BLPOP", "autopipeline:never", 0.3)
     waiting.cancel()
     assert await pipeline.execute("ECHO", "next") == "next"
 
@@ -103,8 +114,7 @@ async def test_a_redis_restart_fails_pending_commands_fast_then_recovers(
             assert pipeline is not None
             assert await pipeline.execute("SET", "k", "v") is not None
 
-            in_flight = asyncio.ensure_future(pipeline.execute("BLPOP", "never", 5))
-            await asyncio.sleep(0.05)
+            in_flight = await _written(pipeline, "BLPOP", "never", 5)
             server.kill()
             with pytest.raises(RedisConnectionError):
                 await asyncio.wait_for(in_flight, 2)  # answered, not left waiting
@@ -137,7 +147,7 @@ async def test_a_reply_later_than_the_socket_timeout_drops_the_connection(
             await pipeline.execute("PING")
         assert time.monotonic() - started < 1.0
         assert pipeline.stats.reply_timeouts == 1
-        await asyncio.sleep(1.0)
+        assert await redis.ping()  # answered once the server's pause is over
         assert await pipeline.execute("PING") == "PONG"  # a new connection
     finally:
         await pipeline.aclose()
@@ -170,8 +180,7 @@ async def test_password_and_database_from_the_url_are_used(tmp_path: Path) -> No
 async def test_closing_fails_what_is_pending_and_refuses_new_commands(
     pipeline: AutoPipeline,
 ) -> None:
-    pending = asyncio.ensure_future(pipeline.execute("BLPOP", "autopipeline:never", 5))
-    await asyncio.sleep(0.05)
+    pending = await _written(pipeline, "BLPOP", "autopipeline:never", 5)
     await pipeline.aclose()
     with pytest.raises(RedisConnectionError):
         await pending

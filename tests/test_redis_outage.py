@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
-
 from api_support import ADMIN_TOKEN, HOST_HEADERS, P
+from waiting import wait_until
+
 from config import Settings
 from config.settings import Secret
 from devstack.servers import RedisServer
@@ -21,14 +22,9 @@ async def _counter(request: web.Request) -> web.Response:
     return web.json_response({"value": value})
 
 
-async def _poll_until(client, path: str, status: int, deadline_s: float) -> float:
-    started = time.monotonic()
-    while True:
-        response = await client.get(path)
-        if response.status == status:
-            return time.monotonic() - started
-        assert time.monotonic() - started < deadline_s, f"{path} never answered {status}"
-        await asyncio.sleep(0.1)
+async def _until_ready_again(client: Any) -> None:
+    await wait_until(lambda: client.get("/readyz"), until=lambda response: response.status == 200,
+                     timeout_s=15, interval_s=0.1, message="/readyz never answered 200")
 
 
 async def test_redis_stopped_gives_fast_503s_and_a_restart_recovers(
@@ -59,7 +55,7 @@ async def test_redis_stopped_gives_fast_503s_and_a_restart_recovers(
         assert (await ready.json())["failed"] == ["redis"]
 
         await server.start()  # same port
-        await _poll_until(client, "/readyz", 200, deadline_s=15)
+        await _until_ready_again(client)
         response = await client.post("/test/counter")
         assert response.status == 200
     finally:
@@ -97,7 +93,7 @@ async def test_get_upload_url_over_the_auto_pipeline_gives_503s_then_recovers(
         assert time.monotonic() - started < 3.0
 
         await server.start()  # same port, empty (the test server keeps nothing on disk)
-        await _poll_until(client, "/readyz", 200, deadline_s=15)
+        await _until_ready_again(client)
         assert (await client.post(await new_conversation_path(), json=body)).status == 200
     finally:
         server.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from waiting import wait_until
 
 from config import Settings
 from devstack.servers import RedisServer, find_redis_server, free_port, free_port_block
@@ -92,12 +93,9 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
                 "REDIS_SENTINEL_MASTER": "echo-master",
             })
             async with open_redis(settings) as client:
-                for _ in range(100):
-                    try:
-                        await client.set("via-sentinel", "yes")
-                        break
-                    except RedisConnectionError:
-                        await asyncio.sleep(0.1)
+                await wait_until(lambda: client.set("via-sentinel", "yes"), timeout_s=30,
+                                 interval_s=0.1, retry_on=(RedisConnectionError,),
+                                 message="Sentinel never named a reachable master")
                 assert await client.get("via-sentinel") == "yes"
                 await _a_busy_pool_makes_callers_wait(client, settings.redis_max_connections)
                 async with open_autopipeline(settings, client) as pipeline:
@@ -128,14 +126,10 @@ async def test_cluster_runs_hash_tagged_scripts_across_three_masters(tmp_path: P
         )
         settings = Settings.from_env({"REDIS_URL": servers[0].url, "REDIS_CLUSTER": "true"})
         async with open_redis(settings) as client:
-            for _ in range(100):
-                try:
-                    info = await client.cluster_info()
-                    if info.get("cluster_state") == "ok":
-                        break
-                except RedisConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_until(client.cluster_info,
+                             until=lambda info: info.get("cluster_state") == "ok",
+                             timeout_s=30, interval_s=0.1, retry_on=(RedisConnectionError,),
+                             message="the cluster never became ok")
             script = client.register_script(
                 "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); "
                 "return redis.call('MGET', KEYS[1], KEYS[2])"

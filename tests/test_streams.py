@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+from waiting import wait_until
 
 from config import Settings
-from storage.redis_client import REDIS_UNAVAILABLE_ERRORS, RedisClient, open_redis
-from streams import names as catalogue
+from events.catalogue import STREAMS, UPLOADS
+from storage.redis_client import RedisClient, open_redis
 from streams.backlog import backlog_rows, format_rows
-from streams.consumer import ConsumerRuntime
+from streams.config import StreamsConfig
 from streams.envelope import Envelope, EnvelopeError, decode
-from streams.idempotency import apply_once
 from streams.names import StreamNames
 from streams.publisher import Publisher
+from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
 from streams.retention import trim
+from streams.runtime import ConsumerRuntime
 from streams.scripts import Scripts
 from streams.spec import Defer, EventContext, GroupSpec
 
@@ -34,6 +36,13 @@ def stream_settings(base_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
+def config(stream_settings: Settings) -> StreamsConfig:
+    """The runtime's config: the settings' Redis prefix, short lease and grace."""
+    return StreamsConfig(key_prefix=stream_settings.redis_key_prefix, lease_s=2,
+                         shutdown_grace_s=2)
+
+
+@pytest.fixture
 async def r(stream_settings: Settings) -> AsyncIterator[RedisClient]:
     async with open_redis(stream_settings) as client:
         await client.flushdb()
@@ -41,20 +50,21 @@ async def r(stream_settings: Settings) -> AsyncIterator[RedisClient]:
 
 
 @pytest.fixture
-def names(stream_settings: Settings) -> StreamNames:
-    return StreamNames(stream_settings.redis_key_prefix)
+def names(config: StreamsConfig) -> StreamNames:
+    return StreamNames(config.key_prefix)
 
 
 @pytest.fixture
-def publisher(r: RedisClient, stream_settings: Settings) -> Publisher:
-    return Publisher.from_settings(r, stream_settings)
+def publisher(r: RedisClient, config: StreamsConfig) -> Publisher:
+    return Publisher.from_config(r, config)
 
 
 @asynccontextmanager
 async def running(
-    r: RedisClient, settings: Settings, *specs: GroupSpec, name: str = "c1", grace_s: float = 2.0
+    r: RedisClient, config: StreamsConfig, *specs: GroupSpec, name: str = "c1",
+    grace_s: float = 2.0,
 ) -> AsyncIterator[ConsumerRuntime]:
-    runtime = ConsumerRuntime(r, settings, CollectorRegistry(), list(specs), consumer_name=name)
+    runtime = ConsumerRuntime(r, config, CollectorRegistry(), list(specs), consumer_name=name)
     await runtime.start()
     try:
         yield runtime
@@ -62,25 +72,16 @@ async def running(
         await runtime.stop(grace_s)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.05)
-
-
 async def pending(r: RedisClient, names: StreamNames, stream: str, group: str) -> int:
     return int((await r.xpending(names.stream(stream), group))["pending"])
 
 
 def test_names_share_one_hash_tag_per_stream() -> None:
-    keys = StreamNames("acme").keys(catalogue.UPLOADS)
+    keys = StreamNames("acme").keys(UPLOADS)
     assert keys.stream == "acme:{uploads}"
     assert keys.dead == "acme:{uploads}:dead"
     assert keys.delayed == "acme:{uploads}:delayed"
-    assert [k.name for k in StreamNames().catalogue()] == ["uploads", "transcription", "llm"]
-    assert StreamNames().done_marker("c:42", "g", "k1") == "echo:{c:42}:done:g:k1"
+    assert [k.name for k in StreamNames().catalogue(STREAMS)] == ["uploads", "transcription", "llm"]
 
 
 def test_envelope_round_trips_through_flat_fields() -> None:
@@ -96,7 +97,7 @@ def test_envelope_round_trips_through_flat_fields() -> None:
 
 
 async def test_published_event_reaches_its_handler_typed_and_is_acked(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     seen: list[EventContext] = []
 
@@ -106,9 +107,10 @@ async def test_published_event_reaches_its_handler_typed_and_is_acked(
     spec = GroupSpec("uploads", "confirm", handle, event_types={"up": lambda p: (p["n"], p["s"])})
     entry_id = await publisher.publish("uploads", "up", {"n": 3, "s": "x"},
                                        idempotency_key="idem-1", request_id="req-9")
-    async with running(r, stream_settings, spec):
-        await eventually(lambda: _true(bool(seen)))
-        await eventually(lambda: _eq(pending(r, names, "uploads", "confirm"), 0))
+    async with running(r, config, spec):
+        await wait_until(lambda: bool(seen), timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "uploads", "confirm"), 0),
+                         timeout_s=DEADLINE_S)
     ctx = seen[0]
     assert (ctx.entry_id, ctx.payload, ctx.idempotency_key, ctx.deliveries) == (
         entry_id, (3, "x"), "idem-1", 1)
@@ -117,16 +119,12 @@ async def test_published_event_reaches_its_handler_typed_and_is_acked(
     assert raw["type"] == "up" and json.loads(raw["payload"]) == {"n": 3, "s": "x"}
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def _eq(awaitable: Awaitable[Any], expected: Any) -> bool:
     return (await awaitable) == expected
 
 
 async def test_unknown_type_and_bad_payload_go_to_dead_letters_while_others_flow(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     handled: list[int] = []
 
@@ -139,10 +137,10 @@ async def test_unknown_type_and_bad_payload_go_to_dead_letters_while_others_flow
     await r.xadd(names.stream("llm"), {"garbage": "1"})
     for n in range(5):
         await publisher.publish("llm", "job", {"n": n})
-    async with running(r, stream_settings, spec):
-        await eventually(lambda: _eq(r.xlen(names.keys("llm").dead), 3))
-        await eventually(lambda: _true(len(handled) == 5))
-        await eventually(lambda: _eq(pending(r, names, "llm", "llm"), 0))
+    async with running(r, config, spec):
+        await wait_until(lambda: _eq(r.xlen(names.keys("llm").dead), 3), timeout_s=DEADLINE_S)
+        await wait_until(lambda: len(handled) == 5, timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
     dead = {f["dead_id"]: f for _, f in await r.xrange(names.keys("llm").dead)}
     reasons = sorted(f["dead_reason"] for f in dead.values())
     assert reasons[0].startswith("bad envelope: missing field")
@@ -154,7 +152,7 @@ async def test_unknown_type_and_bad_payload_go_to_dead_letters_while_others_flow
 
 
 async def test_failing_handler_is_retried_with_growing_delivery_count_until_it_succeeds(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     deliveries: list[int] = []
     others: list[int] = []
@@ -171,16 +169,17 @@ async def test_failing_handler_is_retried_with_growing_delivery_count_until_it_s
     await publisher.publish("llm", "flaky", {})
     for n in range(20):
         await publisher.publish("llm", "other", {"n": n})
-    async with running(r, stream_settings, spec) as rt:
-        await eventually(lambda: _true(deliveries == [1, 2, 3] and len(others) == 20))
-        await eventually(lambda: _eq(pending(r, names, "llm", "llm"), 0))
+    async with running(r, config, spec) as rt:
+        await wait_until(lambda: deliveries == [1, 2, 3] and len(others) == 20,
+                         timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
         assert rt.metrics.retried.labels("llm", "llm")._value.get() == 2
     assert await r.hlen(names.keys("llm").errors) == 0
     assert await r.xlen(names.keys("llm").dead) == 0
 
 
 async def test_poison_event_lands_in_dead_letters_after_max_deliveries_while_others_flow(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     poison_runs: list[int] = []
     others: list[int] = []
@@ -196,9 +195,11 @@ async def test_poison_event_lands_in_dead_letters_after_max_deliveries_while_oth
     poison_id = await publisher.publish("transcription", "poison", {"x": 1})
     for n in range(50):
         await publisher.publish("transcription", "ok", {"n": n})
-    async with running(r, stream_settings, spec):
-        await eventually(lambda: _eq(r.xlen(names.keys("transcription").dead), 1))
-        await eventually(lambda: _eq(pending(r, names, "transcription", "transcription"), 0))
+    async with running(r, config, spec):
+        await wait_until(lambda: _eq(r.xlen(names.keys("transcription").dead), 1),
+                         timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "transcription", "transcription"), 0),
+                         timeout_s=DEADLINE_S)
     assert poison_runs == [1, 2, 3, 4, 5]
     assert sorted(others) == list(range(50))
     [(_, dead)] = await r.xrange(names.keys("transcription").dead)
@@ -211,7 +212,7 @@ async def test_poison_event_lands_in_dead_letters_after_max_deliveries_while_oth
 
 
 async def test_deferred_event_runs_again_later_without_counting_as_a_failure(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     runs: list[tuple[int, int, int]] = []
 
@@ -222,33 +223,37 @@ async def test_deferred_event_runs_again_later_without_counting_as_a_failure(
 
     spec = GroupSpec("uploads", "upload-confirmation", handle, max_deliveries=1)
     await publisher.publish("uploads", "verify", {}, idempotency_key="k")
-    async with running(r, stream_settings, spec) as rt:
-        await eventually(lambda: _true(len(runs) == 4))
-        await eventually(lambda: _eq(pending(r, names, "uploads", "upload-confirmation"), 0))
+    async with running(r, config, spec) as rt:
+        await wait_until(lambda: len(runs) == 4, timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "uploads", "upload-confirmation"), 0),
+                         timeout_s=DEADLINE_S)
         assert rt.metrics.deferred.labels("uploads", "upload-confirmation")._value.get() == 3
     assert runs == [(0, 1, 0), (1, 1, 1), (2, 1, 2), (3, 1, 3)]
     assert await r.zcard(names.keys("uploads").delayed) == 0
     assert await r.xlen(names.keys("uploads").dead) == 0
 
 
-async def test_publish_later_enters_the_stream_when_due(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+async def test_deferred_event_enters_the_stream_again_only_when_due(
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
-    seen: list[str] = []
+    seen: list[tuple[str, int]] = []
 
     async def handle(ctx: EventContext) -> None:
-        seen.append(ctx.type)
+        seen.append((ctx.type, ctx.attempt))
+        if ctx.attempt == 0:
+            ctx.defer(0.3 if ctx.type == "later" else 3600)
 
-    await publisher.publish_later("llm", "later", {}, delay_s=0.3)
-    await publisher.publish_later("llm", "much-later", {}, delay_s=3600)
-    assert await r.zcard(names.keys("llm").delayed) == 2
-    async with running(r, stream_settings, GroupSpec("llm", "llm", handle)):
-        await eventually(lambda: _true(seen == ["later"]))
+    await publisher.publish("llm", "later", {})
+    await publisher.publish("llm", "much-later", {})
+    async with running(r, config, GroupSpec("llm", "llm", handle)):
+        await wait_until(lambda: ("later", 1) in seen, timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+    assert sorted(seen) == [("later", 0), ("later", 1), ("much-later", 0)]
     assert await r.zcard(names.keys("llm").delayed) == 1
 
 
 async def test_handler_running_three_leases_runs_once_while_another_consumer_watches(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     lease_s = 1.0
     starts: list[str] = []
@@ -257,56 +262,45 @@ async def test_handler_running_three_leases_runs_once_while_another_consumer_wat
     def spec_for(consumer: str) -> GroupSpec:
         async def handle(ctx: EventContext) -> None:
             starts.append(consumer)
-            await asyncio.sleep(3 * lease_s)
+            await asyncio.sleep(3 * lease_s)  # the handler's work: three leases long
             done.append(consumer)
         return GroupSpec("llm", "llm", handle, lease_s=lease_s)
 
     await publisher.publish("llm", "slow", {})
-    async with running(r, stream_settings, spec_for("a"), name="a"):
-        await eventually(lambda: _true(starts == ["a"]))
-        async with running(r, stream_settings, spec_for("b"), name="b"):
-            await eventually(lambda: _true(done == ["a"]))
-            await eventually(lambda: _eq(pending(r, names, "llm", "llm"), 0))
-            await asyncio.sleep(lease_s)  # room for a wrong reclaim to show up
+    async with running(r, config, spec_for("a"), name="a"):
+        await wait_until(lambda: starts == ["a"], timeout_s=DEADLINE_S)
+        async with running(r, config, spec_for("b"), name="b"):
+            await wait_until(lambda: done == ["a"], timeout_s=DEADLINE_S)
+            await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+            # Nothing to wait on: a wrong reclaim would show up within a lease.
+            await asyncio.sleep(lease_s)
     assert starts == ["a"]
 
 
 async def test_stop_mid_work_loses_nothing(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     finished: dict[str, int] = {}
 
     async def handle(ctx: EventContext) -> None:
-        await asyncio.sleep(ctx.payload["sleep_s"])
+        await asyncio.sleep(ctx.payload["sleep_s"])  # the handler's work, cut off by stop
         finished[ctx.envelope.id] = finished.get(ctx.envelope.id, 0) + 1
 
     spec = GroupSpec("llm", "llm", handle, concurrency=2, lease_s=1.0)
     ids = [(await publisher.publish_many("llm", [Envelope("job", {"sleep_s": 0.5})]))[0]
            for _ in range(10)]
-    first = ConsumerRuntime(r, stream_settings, CollectorRegistry(), [spec], consumer_name="a")
+    first = ConsumerRuntime(r, config, CollectorRegistry(), [spec], consumer_name="a")
     await first.start()
-    await eventually(lambda: _true(len(finished) >= 1))
+    await wait_until(lambda: len(finished) >= 1, timeout_s=DEADLINE_S)
     await first.stop(grace_s=0.1)  # some handlers are cut off, the rest never started
-    async with running(r, stream_settings, spec, name="b"):
-        await eventually(lambda: _true(len(finished) == 10))
-        await eventually(lambda: _eq(pending(r, names, "llm", "llm"), 0))
+    async with running(r, config, spec, name="b"):
+        await wait_until(lambda: len(finished) == 10, timeout_s=DEADLINE_S)
+        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
     assert len(ids) == 10
 
 
-async def test_apply_once_applies_an_effect_once_per_idempotency_key(r: RedisClient) -> None:
-    marker = StreamNames().done_marker("c:1", "g", "idem-1")
-
-    def effect(pipe: Any) -> None:
-        pipe.hincrby("echo:{c:1}:state", "count", 1)
-
-    results = await asyncio.gather(*(apply_once(r, marker, effect) for _ in range(5)))
-    assert sorted(results) == [False, False, False, False, True]
-    assert await r.hget("echo:{c:1}:state", "count") == "1"
-    assert 0 < await r.ttl(marker)
-
-
 async def test_retention_keeps_what_a_slow_group_has_not_acked(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     keys = names.keys("llm")
     await r.xgroup_create(keys.stream, "fast", id="0", mkstream=True)
@@ -318,8 +312,8 @@ async def test_retention_keeps_what_a_slow_group_has_not_acked(
     slow = await r.xreadgroup("slow", "s", {keys.stream: ">"}, count=30)
     await r.xack(keys.stream, "slow", *[eid for eid, _ in slow[0][1][:10]])
     scripts = Scripts.load(r)
-    assert await trim(r, scripts, keys, max_age_s=3600) == 0  # young: kept for the max age
-    removed = await trim(r, scripts, keys, max_age_s=0.001)
+    assert await trim(scripts, keys, max_age_s=3600) == 0  # young: kept for the max age
+    removed = await trim(scripts, keys, max_age_s=0.001)
     assert removed == 10
     remaining = [eid for eid, _ in await r.xrange(keys.stream)]
     assert remaining == ids[10:]
@@ -339,19 +333,24 @@ async def test_retention_never_trims_undelivered_entries_of_a_slow_group(
     await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(5)])
     fast = await r.xreadgroup("fast", "f", {keys.stream: ">"}, count=100)
     await r.xack(keys.stream, "fast", *[eid for eid, _ in fast[0][1]])
-    assert await trim(r, Scripts.load(r), keys, max_age_s=0.001) == 0
+    assert await trim(Scripts.load(r), keys, max_age_s=0.001) == 0
     assert await r.xlen(keys.stream) == 5
 
 
 async def test_dead_consumers_are_removed_only_with_nothing_pending(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     keys = names.keys("llm")
     await r.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
     await publisher.publish("llm", "e", {})
     await r.xreadgroup("llm", "holder", {keys.stream: ">"}, count=1)
     await r.xgroup_createconsumer(keys.stream, "llm", "idle")
-    await asyncio.sleep(0.05)
+
+    async def idle_ms() -> int:
+        consumers = await r.xinfo_consumers(keys.stream, "llm")
+        return next(int(c["idle"]) for c in consumers if c["name"] == "idle")
+
+    await wait_until(idle_ms, until=lambda ms: ms > 10, message="never idle past 10 ms")
     removed = await Scripts.load(r).reap_consumers(keys=[keys.stream], args=["llm", "me", 10])
     assert removed == ["idle"]
     consumers = {c["name"] for c in await r.xinfo_consumers(keys.stream, "llm")}
@@ -359,13 +358,13 @@ async def test_dead_consumers_are_removed_only_with_nothing_pending(
 
 
 async def test_backlog_reports_each_stream_and_group(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     keys = names.keys("uploads")
     await r.xgroup_create(keys.stream, "upload-confirmation", id="0", mkstream=True)
     await publisher.publish_many("uploads", [Envelope("e", {}) for _ in range(4)])
     await r.xreadgroup("upload-confirmation", "c", {keys.stream: ">"}, count=1)
-    rows = await backlog_rows(r, names)
+    rows = await backlog_rows(r, names, STREAMS)
     by_key = {(row.stream, row.group): row for row in rows}
     row = by_key[("uploads", "upload-confirmation")]
     assert (row.length, row.lag, row.pending, row.consumers) == (4, 3, 1, 1)
@@ -377,45 +376,48 @@ async def test_backlog_reports_each_stream_and_group(
 
 
 async def test_runtime_recreates_a_deleted_group(
-    r: RedisClient, stream_settings: Settings, names: StreamNames, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     seen: list[int] = []
 
     async def handle(ctx: EventContext) -> None:
         seen.append(ctx.payload["n"])
 
-    async with running(r, stream_settings, GroupSpec("llm", "llm", handle)):
+    async with running(r, config, GroupSpec("llm", "llm", handle)):
         await publisher.publish("llm", "e", {"n": 1})
-        await eventually(lambda: _true(seen == [1]))
+        await wait_until(lambda: seen == [1], timeout_s=DEADLINE_S)
         await r.delete(names.stream("llm"))
         await publisher.publish("llm", "e", {"n": 2})  # a new stream without the group
-        await eventually(lambda: _true(seen == [1, 2]))
+        await wait_until(lambda: seen == [1, 2], timeout_s=DEADLINE_S)
 
 
-async def test_publish_raises_when_redis_is_unreachable(stream_settings: Settings) -> None:
+async def test_publish_raises_when_redis_is_unreachable(
+    stream_settings: Settings, config: StreamsConfig
+) -> None:
     from devstack.servers import free_port
 
     down = stream_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     async with open_redis(down) as client:
         with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
-            await Publisher.from_settings(client, down).publish("llm", "e", {})
+            await Publisher.from_config(client, config).publish("llm", "e", {})
 
 
 async def test_metrics_count_what_the_runtime_did(
-    r: RedisClient, stream_settings: Settings, publisher: Publisher
+    r: RedisClient, config: StreamsConfig, publisher: Publisher
 ) -> None:
     async def handle(ctx: EventContext) -> None:
         pass
 
     registry = CollectorRegistry()
-    runtime = ConsumerRuntime(r, stream_settings, registry, [GroupSpec("llm", "llm", handle)],
+    runtime = ConsumerRuntime(r, config, registry, [GroupSpec("llm", "llm", handle)],
                               consumer_name="m")
     await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(3)])
     await runtime.start()
     try:
         labels = {"stream": "llm", "group": "llm"}
-        await eventually(lambda: _true(
-            registry.get_sample_value("echo_stream_processed_total", labels) == 3))
+        await wait_until(
+            lambda: registry.get_sample_value("echo_stream_processed_total", labels) == 3,
+            timeout_s=DEADLINE_S)
         assert registry.get_sample_value("echo_stream_delivery_count_count", labels) == 3
         assert registry.get_sample_value(
             "echo_stream_handler_duration_seconds_count", labels) == 3
@@ -433,8 +435,8 @@ async def test_consumers_ctx_runs_groups_inside_an_aiohttp_app(
 ) -> None:
     from aiohttp import web
 
-    from gateway.appkeys import METRICS_REGISTRY, REDIS, SETTINGS
-    from streams.worker import CONSUMERS, consumers_ctx
+    from gateway.appkeys import CONSUMERS, METRICS_REGISTRY, REDIS, SETTINGS
+    from gateway.consumers import consumers_ctx
 
     seen: list[str] = []
 
@@ -452,13 +454,13 @@ async def test_consumers_ctx_runs_groups_inside_an_aiohttp_app(
     try:
         assert app[CONSUMERS].groups[0].concurrency == 2
         await publisher.publish("llm", "hello", {})
-        await eventually(lambda: _true(seen == ["hello"]))
+        await wait_until(lambda: seen == ["hello"], timeout_s=DEADLINE_S)
     finally:
         await runner.cleanup()
 
 
 def test_registry_rejects_unknown_group_names() -> None:
-    from streams.registry import UnknownGroupError, resolve
+    from gateway.groups import UnknownGroupError, resolve
 
     factories = {"llm": lambda app: GroupSpec("llm", "llm", _noop)}
     assert resolve(["llm"], factories) == [factories["llm"]]
@@ -473,7 +475,7 @@ async def _noop(ctx: EventContext) -> None:
 
 @pytest.mark.slow
 async def test_consumers_survive_a_redis_outage_and_recover_on_their_own(
-    tmp_path: Any, stream_settings: Settings
+    tmp_path: Any, stream_settings: Settings, config: StreamsConfig
 ) -> None:
     from devstack.servers import RedisServer
 
@@ -487,22 +489,18 @@ async def test_consumers_survive_a_redis_outage_and_recover_on_their_own(
 
     try:
         async with open_redis(settings) as client:
-            publisher = Publisher.from_settings(client, settings)
-            async with running(client, settings, GroupSpec("llm", "llm", handle)):
+            publisher = Publisher.from_config(client, config)
+            async with running(client, config, GroupSpec("llm", "llm", handle)):
                 await publisher.publish("llm", "e", {"n": 1})
-                await eventually(lambda: _true(seen == [1]))
-                server.kill()
-                await asyncio.sleep(1.5)  # the loops meet the outage
+                await wait_until(lambda: seen == [1], timeout_s=DEADLINE_S)
+                with capture_logs() as logs:
+                    server.kill()
+                    await wait_until(
+                        lambda: any(e["event"] == "stream_redis_unavailable" for e in logs),
+                        timeout_s=DEADLINE_S, message="no consumer loop met the outage")
                 await server.start()  # empty again: stream and group are gone
-                await eventually(lambda: _publish_ok(publisher))
-                await eventually(lambda: _true(2 in seen))
+                await wait_until(lambda: publisher.publish("llm", "e", {"n": 2}),
+                                 timeout_s=DEADLINE_S, retry_on=REDIS_UNAVAILABLE_ERRORS)
+                await wait_until(lambda: 2 in seen, timeout_s=DEADLINE_S)
     finally:
         server.stop()
-
-
-async def _publish_ok(publisher: Publisher) -> bool:
-    try:
-        await publisher.publish("llm", "e", {"n": 2})
-    except REDIS_UNAVAILABLE_ERRORS:
-        return False
-    return True

@@ -8,20 +8,22 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from streams_worker_proc import GROUP, STREAM, apply_once
+from waiting import wait_until
 
 from config import Settings
+from gateway.wiring import publisher_for
 from storage.redis_client import RedisClient, open_redis
 from streams.envelope import Envelope
 from streams.names import StreamNames
-from streams.publisher import Publisher
-STREAM, GROUP = "test", "g"  # as in tests/streams_worker_proc.py
 
 LEASE_S = 2.0
+DEADLINE_S = 60.0
 pytestmark = pytest.mark.slow
 
 
@@ -65,14 +67,6 @@ KEYS = StreamNames().keys(STREAM)
 BASE = f"echo:{{{STREAM}}}"
 
 
-async def until(check: Callable[[], object], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():  # type: ignore[misc]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.05)
-
-
 async def server_time_s(r: RedisClient) -> float:
     seconds, micros = await r.time()
     return int(seconds) + int(micros) / 1e6
@@ -93,26 +87,25 @@ async def settled(r: RedisClient, expected_effects: int) -> bool:
 async def test_entry_of_a_killed_worker_is_handled_by_another_within_lease_plus_2s(
     r: RedisClient, spawn: Callable[[], subprocess.Popen[bytes]], proc_env: dict[str, str]
 ) -> None:
-    publisher = Publisher.from_settings(r, Settings.from_env(proc_env))
+    publisher = publisher_for(r, Settings.from_env(proc_env))
     a = spawn()
     event_id = Envelope("work", {}).id
     await publisher.publish_envelope(STREAM, Envelope("work", {"first_sleep_s": 60}, id=event_id))
-    await until(lambda: _has(handlers_of(r, event_id), [str(a.pid)]))
+    await wait_until(lambda: handlers_of(r, event_id), until=lambda pids: pids == [str(a.pid)],
+                     timeout_s=DEADLINE_S, message="the first worker did not take the entry")
     b = spawn()
-    await until(lambda: _consumers(r, 2))
+    await wait_until(lambda: _consumers(r, 2), timeout_s=DEADLINE_S)
     a.kill()
     a.wait()
     killed_at = await server_time_s(r)
-    await until(lambda: _has(handlers_of(r, event_id), [str(a.pid), str(b.pid)]))
+    await wait_until(lambda: handlers_of(r, event_id),
+                     until=lambda pids: pids == [str(a.pid), str(b.pid)],
+                     timeout_s=DEADLINE_S, message="the second worker did not take the entry over")
     taken_after_s = await server_time_s(r) - killed_at
-    await until(lambda: settled(r, 1))
+    await wait_until(lambda: settled(r, 1), timeout_s=DEADLINE_S)
     assert await r.hget(f"{BASE}:effects", event_id) == "1"
     # The issue's bound; reclaim runs every lease/4, so the usual figure is ~lease + 0.5 s.
     assert taken_after_s <= LEASE_S + 2.0, taken_after_s
-
-
-async def _has(awaitable: object, expected: list[str]) -> bool:
-    return await awaitable == expected  # type: ignore[misc]
 
 
 async def _consumers(r: RedisClient, n: int) -> bool:
@@ -122,7 +115,7 @@ async def _consumers(r: RedisClient, n: int) -> bool:
 async def test_ten_thousand_events_three_workers_random_kills_every_effect_once(
     r: RedisClient, spawn: Callable[[], subprocess.Popen[bytes]], proc_env: dict[str, str]
 ) -> None:
-    publisher = Publisher.from_settings(r, Settings.from_env(proc_env))
+    publisher = publisher_for(r, Settings.from_env(proc_env))
     total = 10_000
     for start in range(0, total, 1000):
         await publisher.publish_many(
@@ -131,15 +124,15 @@ async def test_ten_thousand_events_three_workers_random_kills_every_effect_once(
     workers = [spawn() for _ in range(3)]
     rng = random.Random(7)
     kills = 0
-    await until(lambda: _effects_at_least(r, 500))
+    await wait_until(lambda: _effects_at_least(r, 500), timeout_s=DEADLINE_S)
     while kills < 4 and await r.hlen(f"{BASE}:effects") < total * 0.9:
         victim = workers.pop(rng.randrange(len(workers)))
         victim.kill()
         victim.wait()
         kills += 1
         workers.append(spawn())
-        await asyncio.sleep(rng.uniform(0.5, 1.5))
-    await until(lambda: settled(r, total), timeout_s=120)
+        await asyncio.sleep(rng.uniform(0.5, 1.5))  # the test's own schedule of random kills
+    await wait_until(lambda: settled(r, total), timeout_s=120, message="never settled")
     effects = await r.hgetall(f"{BASE}:effects")
     assert len(effects) == total
     assert set(effects.values()) == {"1"}
@@ -156,19 +149,33 @@ async def _effects_at_least(r: RedisClient, n: int) -> bool:
 async def test_sigterm_mid_work_loses_nothing(
     r: RedisClient, spawn: Callable[[], subprocess.Popen[bytes]], proc_env: dict[str, str]
 ) -> None:
-    publisher = Publisher.from_settings(r, Settings.from_env(proc_env))
+    publisher = publisher_for(r, Settings.from_env(proc_env))
     await publisher.publish_many(
         STREAM, [Envelope("work", {"first_sleep_s": 5}) for _ in range(20)]
     )
     a = spawn()
-    await until(lambda: _starts_at_least(r, 8))
+    await wait_until(lambda: _starts_at_least(r, 8), timeout_s=DEADLINE_S)
     a.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(a.wait, 30) == 0
     spawn()
-    await until(lambda: settled(r, 20))
+    await wait_until(lambda: settled(r, 20), timeout_s=DEADLINE_S)
     effects = await r.hgetall(f"{BASE}:effects")
     assert len(effects) == 20 and set(effects.values()) == {"1"}
 
 
 async def _starts_at_least(r: RedisClient, n: int) -> bool:
     return await r.hlen(f"{BASE}:starts") >= n
+
+
+async def test_apply_once_applies_the_workers_effect_once_per_marker(r: RedisClient) -> None:
+    """The worker's exactly-once effect holds when duplicates race (a reclaimed entry
+    still running in its old worker)."""
+    marker = f"{BASE}:done:{GROUP}:idem-1"
+
+    def effect(pipe: Any) -> None:
+        pipe.hincrby(f"{BASE}:state", "count", 1)
+
+    results = await asyncio.gather(*(apply_once(r, marker, effect) for _ in range(5)))
+    assert sorted(results) == [False, False, False, False, True]
+    assert await r.hget(f"{BASE}:state", "count") == "1"
+    assert 0 < await r.ttl(marker)

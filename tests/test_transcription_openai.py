@@ -7,10 +7,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from emulators.openai_audio import OpenAIAudioEmulator, Reply
 from prometheus_client import CollectorRegistry
 
 from storage.redis_client import RedisClient
-from emulators.openai_audio import OpenAIAudioEmulator, Reply
 from transcription.bound import CallBound
 from transcription.errors import NoSpeech, TransientTranscriptionError, Undecodable
 from transcription.metrics import TranscriptionMetrics

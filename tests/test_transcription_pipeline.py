@@ -16,26 +16,33 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from api_support import (  # noqa: F401  (fixtures)
-    P, api_env, confirm, get_upload_url, make_client, open_conversation, post_to_s3,
+    P,
+    api_env,
+    confirm,
+    get_upload_url,
+    make_client,
+    open_conversation,
+    post_to_s3,
 )
+from prometheus_client import CollectorRegistry
+from waiting import wait_until
+
 from config import Settings
+from events import catalogue as events
+from events.catalogue import ChunkUpload, FinalizeRequest
+from gateway.wiring import publisher_for, streams_config
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from storage.upload_confirmation import UploadVerify, publish_finalize, publish_transcription
-from streams.consumer import ConsumerRuntime
-from streams.publisher import Publisher
+from streams.runtime import ConsumerRuntime
 from transcription.base import NoopTranscriber, Transcriber, TranscriptResult
 from transcription.errors import TransientTranscriptionError
 from transcription.finalization import transcript_keys
@@ -100,9 +107,11 @@ def run_workers(settings: Settings, redis: RedisClient, s3: S3Client) -> Runner:
     ) -> AsyncIterator[TranscriptionService]:
         metrics = TranscriptionMetrics(CollectorRegistry())
         service = TranscriptionService(transcriber, make_bound(settings, redis, metrics), metrics)
-        spec = transcription_group_for(service, settings=settings, redis=redis, s3=s3)
+        spec = transcription_group_for(
+            service, settings=settings, redis=redis, s3=s3, publisher=publisher_for(redis, settings)
+        )
         runtimes = [
-            ConsumerRuntime(redis, settings, CollectorRegistry(), [spec],
+            ConsumerRuntime(redis, streams_config(settings), CollectorRegistry(), [spec],
                             consumer_name=f"test-{i}-{uuid.uuid4().hex[:6]}")
             for i in range(processes)
         ]
@@ -125,19 +134,6 @@ def local_transcriber(whisper: tuple[Any, ThreadPoolExecutor], settings: Setting
                                    metrics=metrics)
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str,
-                   deadline_s: float = DEADLINE_S) -> Any:
-    """Poll ``check`` until it returns something truthy (generous deadline: loaded CI machines)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def upload(client: Any, cid: str, path: Path, content_type: str, timestamp: str) -> str:
     """The portal's upload of one standalone chunk file; returns the chunk id."""
     grant = await get_upload_url(client, cid, filename=path.name, content_type=content_type)
@@ -158,7 +154,8 @@ async def finalized_view(client: Any, pid: str, cid: str) -> dict[str, Any]:
         view = await conversation_view(client, pid, cid)
         return view if view["processing"]["finalized_at"] else None
 
-    return dict(await wait_for(check, f"conversation {cid} to be finalized"))
+    return dict(await wait_until(check, timeout_s=DEADLINE_S, interval_s=0.1,
+                                 message=f"conversation {cid} was not finalized"))
 
 
 async def read_object(s3: S3Client, settings: Settings, key: str) -> bytes:
@@ -262,8 +259,9 @@ async def test_a_worker_killed_mid_chunk_leaves_it_to_another_worker(
         stderr=subprocess.DEVNULL,
     )
     try:
-        pid_seen = await wait_for(lambda: redis.get("echo:{test}:transcribing"),
-                                  "the doomed worker to start transcribing")
+        pid_seen = await wait_until(lambda: redis.get("echo:{test}:transcribing"),
+                                    timeout_s=DEADLINE_S, interval_s=0.1,
+                                    message="the doomed worker did not start transcribing")
         assert int(pid_seen) == proc.pid
         store = ConversationStore(redis)
         assert (await store.get_chunk(cid, chunk))["status"] == "transcribing"
@@ -299,7 +297,7 @@ class FailingTranscriber:
 async def _conversation_with_chunks(
     store: ConversationStore, s3: S3Client, settings: Settings, count: int,
     *, confirm_now: bool = True,
-) -> tuple[str, list[UploadVerify]]:
+) -> tuple[str, list[ChunkUpload]]:
     project = await store.create_project({"name": "p"})
     conversation = await store.create_conversation(project["id"], {"title": "t"})
     cid = conversation["id"]
@@ -310,7 +308,7 @@ async def _conversation_with_chunks(
         await store.issue_chunk(cid, chunk_id, path=key, filename="c.webm",
                                 content_type="audio/webm", ttl_s=600)
         await s3.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"audio %d" % i)
-        uploads.append(UploadVerify(cid, chunk_id, key, "audio/webm"))
+        uploads.append(ChunkUpload(cid, chunk_id, key, "audio/webm"))
         if confirm_now:
             await store.confirm_chunk(cid, chunk_id, path=key, source="PORTAL_AUDIO",
                                       timestamp=f"2026-01-01T10:{i // 60:02d}:{i % 60:02d}Z",
@@ -323,12 +321,13 @@ async def test_a_chunk_failing_past_the_attempts_is_failed_and_finalization_goes
     run_workers: Runner,
 ) -> None:
     cid, [chunk] = await _conversation_with_chunks(store, s3, settings, 1)
-    publisher = Publisher.from_settings(redis, settings)
-    await publish_transcription(publisher, chunk)
+    publisher = publisher_for(redis, settings)
+    await events.publish(publisher, events.CHUNK_UPLOADED, chunk)
     assert not (await store.finish(cid)).finalizable
     transcriber = FailingTranscriber()
     async with run_workers(transcriber):  # type: ignore[arg-type]
-        await wait_for(lambda: _finalized(store, cid), "finalization")
+        await wait_until(lambda: _finalized(store, cid), timeout_s=DEADLINE_S, interval_s=0.1,
+                         message="not finalized")
     failed = await store.get_chunk(cid, chunk.chunk_id)
     assert failed["status"] == "failed"
     assert "after 3 attempts" in failed["error"] and "provider unavailable" in failed["error"]
@@ -346,26 +345,28 @@ async def test_fifty_chunks_ending_together_with_finish_in_the_middle_finalize_e
     store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
     run_workers: Runner, client: Any,
 ) -> None:
-    publisher = Publisher.from_settings(redis, settings)
+    publisher = publisher_for(redis, settings)
     rounds = 20
     async with run_workers(NoopTranscriber("words"), processes=2):
         for round_no in range(rounds):
             cid, chunks = await _conversation_with_chunks(store, s3, settings, 50)
             finish_after = random.randint(0, 50)
-            await asyncio.gather(*(publish_transcription(publisher, c) for c in chunks))
+            await asyncio.gather(*(events.publish(publisher, events.CHUNK_UPLOADED, c) for c in chunks))
 
             async def ended() -> int:
                 view = await store.list_chunks(cid)
                 return sum(c["status"] in ("transcribed", "failed") for c in view)
 
-            await wait_for(lambda: _at_least(ended, finish_after), "chunks to end")
+            await wait_until(ended, until=lambda n: n >= finish_after, timeout_s=DEADLINE_S,
+                             interval_s=0.1, message="the chunks did not end")
             # finish through the API, twice at once, plus stray duplicate finalize events
             await asyncio.gather(
                 client.post(f"{P}/conversations/{cid}/finish"),
                 client.post(f"{P}/conversations/{cid}/finish"),
-                *(publish_finalize(publisher, cid) for _ in range(3)),
+                *(events.publish(publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid)) for _ in range(3)),
             )
-            await wait_for(lambda: _finalized(store, cid), f"round {round_no} finalization")
+            await wait_until(lambda: _finalized(store, cid), timeout_s=DEADLINE_S,
+                             interval_s=0.1, message=f"round {round_no} was not finalized")
             await _drained(redis)
             conversation = await redis.hgetall(store.conversation_key(cid))
             assert conversation["finalizations"] == "1", (round_no, finish_after)
@@ -374,16 +375,13 @@ async def test_fifty_chunks_ending_together_with_finish_in_the_middle_finalize_e
             assert len(doc["chunks"]) == 50 and doc["counts"]["transcribed"] == 50
 
 
-async def _at_least(count: Callable[[], Awaitable[int]], n: int) -> bool:
-    return await count() >= n
-
-
 async def _drained(redis: RedisClient) -> None:
     async def idle() -> bool:
         groups = await redis.xinfo_groups("echo:{transcription}")
         return all(int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in groups)
 
-    await wait_for(idle, "the transcription stream to drain")
+    await wait_until(idle, timeout_s=DEADLINE_S, interval_s=0.1,
+                     message="the transcription stream did not drain")
 
 
 async def test_a_chunk_confirmed_after_finalization_reopens_and_refinalizes(
@@ -391,21 +389,23 @@ async def test_a_chunk_confirmed_after_finalization_reopens_and_refinalizes(
     run_workers: Runner,
 ) -> None:
     cid, (first, late) = await _conversation_with_chunks(store, s3, settings, 2, confirm_now=False)
-    publisher = Publisher.from_settings(redis, settings)
+    publisher = publisher_for(redis, settings)
     await store.confirm_chunk(cid, first.chunk_id, path=first.key, source="PORTAL_AUDIO",
                               timestamp="2026-01-01T10:00:00Z", verified=True)
-    await publish_transcription(publisher, first)
+    await events.publish(publisher, events.CHUNK_UPLOADED, first)
     async with run_workers(NoopTranscriber("first words")):
         await store.finish(cid)
-        await publish_finalize(publisher, cid)
-        await wait_for(lambda: _finalized(store, cid), "the first finalization")
+        await events.publish(publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid))
+        await wait_until(lambda: _finalized(store, cid), timeout_s=DEADLINE_S, interval_s=0.1,
+                         message="no first finalization")
         # The late chunk was issued before finish and confirmed after finalization.
         await store.confirm_chunk(cid, late.chunk_id, path=late.key, source="PORTAL_AUDIO",
                                   timestamp="2026-01-01T10:00:30Z", verified=True)
         reopened = await store.get_conversation(cid)
         assert reopened["finalized_at"] is None and not reopened["is_all_chunks_transcribed"]
-        await publish_transcription(publisher, late)
-        await wait_for(lambda: _finalized(store, cid), "the second finalization")
+        await events.publish(publisher, events.CHUNK_UPLOADED, late)
+        await wait_until(lambda: _finalized(store, cid), timeout_s=DEADLINE_S, interval_s=0.1,
+                         message="no second finalization")
         await _drained(redis)
     raw = await redis.hgetall(store.conversation_key(cid))
     assert raw["finalizations"] == "2"
@@ -427,10 +427,10 @@ async def test_a_finalizer_that_lost_its_claim_never_overwrites_a_newer_transcri
     await store.add_text_chunk(cid, content="old words", timestamp="2026-01-01T10:00:00Z",
                                source="PORTAL_TEXT")
     await store.finish(cid)
-    publisher = Publisher.from_settings(redis, settings)
+    publisher = publisher_for(redis, settings)
 
     def finalizer(s3_client: Any) -> Finalizer:
-        return Finalizer(redis=redis, store=store, s3=s3_client, publisher=publisher,
+        return Finalizer(store=store, s3=s3_client, publisher=publisher,
                          settings=settings, metrics=TranscriptionMetrics(CollectorRegistry()))
 
     newer_outcomes: list[str] = []
@@ -473,19 +473,21 @@ async def test_deleting_a_chunk_after_finalization_refinalizes_without_it(
     gone, _ = await store.add_text_chunk(cid, content="deleted words",
                                          timestamp="2026-01-01T10:00:30Z", source="PORTAL_TEXT")
     await store.finish(cid)
-    publisher = Publisher.from_settings(redis, settings)
+    publisher = publisher_for(redis, settings)
 
     async def finalizations() -> bool:
         raw = await redis.hgetall(store.conversation_key(cid))
         return raw.get("finalizations") == "2" and bool(raw.get("finalized_ms"))
 
     async with run_workers(NoopTranscriber("unused")):
-        await publish_finalize(publisher, cid)
-        await wait_for(lambda: _finalized(store, cid), "the first finalization")
+        await events.publish(publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid))
+        await wait_until(lambda: _finalized(store, cid), timeout_s=DEADLINE_S, interval_s=0.1,
+                         message="no first finalization")
         resp = await client.delete(f"{P}/projects/{project['id']}/conversations/{cid}"
                                    f"/chunks/{gone['id']}")
         assert resp.status == 200, await resp.text()
-        await wait_for(finalizations, "the second finalization", deadline_s=20)
+        await wait_until(finalizations, timeout_s=20, interval_s=0.1,
+                         message="no second finalization")
         await _drained(redis)
     text = (await read_object(s3, settings, transcript_keys(cid)[1])).decode()
     assert text == "kept words\n"

@@ -15,9 +15,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from config import Settings
+from gateway.consumers import run_consumers
+from gateway.wiring import publisher_for
 from storage.redis_client import open_redis
 from storage.s3_client import open_s3
-from streams.worker import run_consumers
 from transcription.base import TranscriptResult
 from transcription.lifecycle import open_transcription, transcription_group_for
 
@@ -44,7 +45,10 @@ async def main() -> None:
         async with open_transcription(
             settings, redis, CollectorRegistry(), transcriber=HangingTranscriber(redis, key)
         ) as service:
-            spec = transcription_group_for(service, settings=settings, redis=redis, s3=s3)
+            spec = transcription_group_for(
+                service, settings=settings, redis=redis, s3=s3,
+                publisher=publisher_for(redis, settings),
+            )
             await run_consumers(settings, [spec], consumer_name=f"doomed-{os.getpid()}")
 
 

@@ -11,5 +11,6 @@
 * :mod:`transcription.finalization` - merge once per conversation generation, write
   ``transcript.json`` / ``transcript.txt``, request the summary;
 * :mod:`transcription.status` - chunk counts and output locations for the API;
-* :mod:`transcription.lifecycle` - the per-process service and its ``cleanup_ctx``.
+* :mod:`transcription.lifecycle` - the per-process service and the group's spec, built from
+  explicit clients (the gateway's ``transcription_ctx`` owns the service).
 """

@@ -1,7 +1,7 @@
 """The bound on transcription provider calls: per process and across the cluster.
 
 Per process an ``asyncio.Semaphore``; across the cluster the Redis-backed
-:class:`llm.limiter.ClusterLimiter` (the one that bounds LLM calls) under
+:class:`storage.permits.ClusterLimiter` (the one that bounds LLM calls) under
 keys of its own (``<prefix>:{transcription}:permits:*``), so a crashed
 worker's permit is freed after its lease and a 429 pauses every process.
 """
@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from llm.keys import LimiterKeys
-from llm.limiter import ClusterLimiter, LimiterConfig
+from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
 from transcription.metrics import TranscriptionMetrics
 
@@ -38,7 +37,7 @@ class CallBound:
     ) -> CallBound:
         limiter = ClusterLimiter(
             redis, limiter_keys(prefix), LimiterConfig(limit=cluster, lease_s=lease_s),
-            metrics,  # type: ignore[arg-type]  # same attribute names as LlmMetrics
+            metrics,
             model=model,
         )
         return cls(per_process=per_process, limiter=limiter)

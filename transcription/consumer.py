@@ -28,18 +28,16 @@ from typing import Any
 import structlog
 
 from config import Settings
+from events import catalogue as events
+from events.catalogue import ChunkUpload, FinalizeRequest
 from storage.conversations import END_STATES, ChunkNotFound, ConversationStore
 from storage.s3_client import S3Client
-from storage.upload_confirmation import (
-    CHUNK_UPLOADED_EVENT, CONVERSATION_FINALIZE_EVENT, UploadVerify, publish_finalize,
-)
-from streams import names
 from streams.publisher import Publisher
 from streams.spec import EventContext, GroupSpec
 from transcription.base import Transcriber
 from transcription.errors import PermanentTranscriptionError
 from transcription.fetch import fetched_object
-from transcription.finalization import FinalizeRequest, Finalizer
+from transcription.finalization import Finalizer
 from transcription.metrics import TranscriptionMetrics
 
 log = structlog.get_logger(__name__)
@@ -65,20 +63,20 @@ class TranscriptionHandler:
         self.max_attempts = settings.transcription_max_attempts
 
     async def __call__(self, ctx: EventContext) -> None:
-        if ctx.type == CONVERSATION_FINALIZE_EVENT:
+        if ctx.type == events.CONVERSATION_FINALIZE.name:
             request: FinalizeRequest = ctx.payload
             with structlog.contextvars.bound_contextvars(conversation_id=request.conversation_id):
                 await self._finalizer.finalize(
                     request.conversation_id, ctx.entry_id, ctx.envelope.request_id
                 )
             return
-        upload: UploadVerify = ctx.payload
+        upload: ChunkUpload = ctx.payload
         with structlog.contextvars.bound_contextvars(
             conversation_id=upload.conversation_id, chunk_id=upload.chunk_id
         ):
             await self._transcribe(ctx, upload)
 
-    async def _transcribe(self, ctx: EventContext, upload: UploadVerify) -> None:
+    async def _transcribe(self, ctx: EventContext, upload: ChunkUpload) -> None:
         cid, chunk_id = upload.conversation_id, upload.chunk_id
         chunk = await self._store.get_chunk(cid, chunk_id)
         if chunk is None or chunk["path"] != upload.key:
@@ -86,7 +84,10 @@ class TranscriptionHandler:
         status = chunk["status"]
         if status in END_STATES:
             if ctx.deliveries > 1 and await self._store.is_finalizable(cid):
-                await publish_finalize(self._publisher, cid, ctx.envelope.request_id)
+                await events.publish(
+                    self._publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid),
+                    request_id=ctx.envelope.request_id,
+                )
             return
         if status not in ("uploaded", "transcribing"):
             return  # still being verified: the verifier publishes again when it is uploaded
@@ -137,7 +138,7 @@ class TranscriptionHandler:
         language = (project or {}).get("language")
         return str(language) if language else None
 
-    async def _fail(self, ctx: EventContext, upload: UploadVerify, error: str) -> None:
+    async def _fail(self, ctx: EventContext, upload: ChunkUpload, error: str) -> None:
         error = error[:MAX_ERROR_CHARS]
         try:
             result = await self._store.mark_failed(
@@ -155,18 +156,18 @@ class TranscriptionHandler:
         # Only the transition that made the conversation finalizable publishes; a redelivery
         # publishes again (the first delivery may have died before its publish).
         if finalizable and (changed or ctx.deliveries > 1):
-            await publish_finalize(self._publisher, conversation_id, ctx.envelope.request_id)
+            await events.publish(
+                self._publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(conversation_id),
+                request_id=ctx.envelope.request_id,
+            )
 
 
 def transcription_group(handler: TranscriptionHandler, settings: Settings) -> GroupSpec:
     return GroupSpec(
-        stream=names.TRANSCRIPTION,
-        group=names.TRANSCRIPTION_GROUP,
+        stream=events.TRANSCRIPTION,
+        group=events.TRANSCRIPTION_GROUP,
         handler=handler,
-        event_types={
-            CHUNK_UPLOADED_EVENT: UploadVerify.from_payload,
-            CONVERSATION_FINALIZE_EVENT: FinalizeRequest.from_payload,
-        },
+        event_types=events.parsers(events.CHUNK_UPLOADED, events.CONVERSATION_FINALIZE),
         concurrency=settings.transcription_concurrency,
         # One more than our attempts: the handler itself ends the chunk on the last one.
         max_deliveries=settings.transcription_max_attempts + 1,

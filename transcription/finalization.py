@@ -5,23 +5,25 @@ in an end state (``transcribed`` or ``failed``; issued chunks that were never
 confirmed do not count). The store's transitions are Lua scripts that report
 that state atomically, so of "finish" and "the last chunk ended" exactly the
 one that comes second sees it and publishes ``conversation.finalize``
-(:func:`storage.upload_confirmation.publish_finalize`). Duplicates of that
+(``events.CONVERSATION_FINALIZE``). Duplicates of that
 event (a retried request, a redelivery) are expected, so the decision that
 counts is made again in Redis by the finalizer:
 
-1. ``finalize_begin.lua`` claims the conversation for this event (token = its
-   stream entry id, stable across redeliveries) unless it is finalized, not
-   finalizable, or claimed by another live event; it returns the *generation*
-   (``final_gen``: bumped by every chunk listed or deleted);
+1. the store's ``begin_finalization`` (``storage/lua/finalize_begin.lua``, like
+   every script on the conversation hash) claims the conversation for this
+   event (token = its stream entry id, stable across redeliveries) unless it
+   is finalized, not finalizable, or claimed by another live event; it
+   returns the *generation* (``final_gen``: bumped by every chunk listed or
+   deleted);
 2. the chunks are read and merged in timestamp order; ``transcript.json`` and
    ``transcript.txt`` are written to ``conversation/<id>/`` (fixed keys: a
    repeat overwrites with the same content). Right before each write
-   ``finalize_check.lua`` checks that the claim is still ours and the
+   ``check_finalization`` checks that the claim is still ours and the
    generation unchanged, and renews the claim: a finalizer that was slow past
    its claim (``FINALIZATION_CLAIM_S``) or saw a chunk come or go writes
    nothing, so it cannot overwrite a newer generation's files (a single write
    that outlasts the renewed claim still could);
-3. ``finalize_commit.lua`` sets ``finalized_ms``, ``is_all_chunks_transcribed``
+3. ``commit_finalization`` sets ``finalized_ms``, ``is_all_chunks_transcribed``
    and the merged transcript only if the claim is still ours and the
    generation unchanged; if a chunk arrived meanwhile it answers ``stale`` and
    the finalizer starts over (or leaves it to that chunk when it is still open);
@@ -41,23 +43,19 @@ finalize event.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from config import Settings
+from events import catalogue as events
 from storage.conversations import ConversationStore
-from storage.ratelimit import load_lua
-from storage.redis_client import RedisClient, lua_source
 from storage.s3_client import S3Client
-from streams import names
 from streams.publisher import Publisher
 from transcription.metrics import TranscriptionMetrics
 
 log = structlog.get_logger(__name__)
 
-SUMMARY_REQUESTED_EVENT = "conversation.summarize"
 #: Rounds of claim -> read -> commit when chunks keep arriving; then the event is retried.
 MAX_ROUNDS = 5
 
@@ -66,18 +64,6 @@ def transcript_keys(conversation_id: str) -> tuple[str, str]:
     """S3 keys of ``transcript.json`` and ``transcript.txt``."""
     base = f"conversation/{conversation_id}"
     return f"{base}/transcript.json", f"{base}/transcript.txt"
-
-
-@dataclass(frozen=True, slots=True)
-class FinalizeRequest:
-    conversation_id: str
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> FinalizeRequest:
-        cid = payload["conversation_id"]
-        if not isinstance(cid, str) or not cid:
-            raise ValueError("conversation.finalize needs a conversation_id")
-        return cls(cid)
 
 
 def merge_transcript(chunks: list[dict[str, Any]]) -> str:
@@ -116,39 +102,30 @@ class Finalizer:
     """Runs one ``conversation.finalize`` event (see the module doc for the protocol)."""
 
     def __init__(
-        self, *, redis: RedisClient, store: ConversationStore, s3: S3Client, publisher: Publisher,
+        self, *, store: ConversationStore, s3: S3Client, publisher: Publisher,
         settings: Settings, metrics: TranscriptionMetrics,
     ) -> None:
-        self._redis = redis
         self._store = store
         self._s3 = s3
         self._publisher = publisher
         self._settings = settings
         self._metrics = metrics
-        # The store's prelude (now_ms, finalizable, ...) comes first, as in the store's scripts.
-        prelude = load_lua("_prelude.lua")
-        self._begin, self._commit, self._check = (
-            redis.register_script(prelude + "\n" + lua_source(__file__, f"finalize_{step}.lua"))
-            for step in ("begin", "commit", "check")
-        )
 
     async def finalize(self, conversation_id: str, token: str, request_id: str = "") -> str:
         """Finalize if this event should; the outcome (``finalized``, ``already``, ``busy``...)."""
-        key = self._store.conversation_key(conversation_id)
-        claim_ms = int(self._settings.finalization_claim_s * 1000)
         for _ in range(MAX_ROUNDS):
-            reply = await self._begin(keys=[key], args=[token, claim_ms])
-            state = str(reply[0])
-            if state == "done":
-                done_gen, done_token, summary_gen = int(reply[1]), str(reply[2]), str(reply[3])
-                if done_token == token and summary_gen != str(done_gen):
+            claim = await self._store.begin_finalization(
+                conversation_id, token, self._settings.finalization_claim_s
+            )
+            if claim.outcome == "done":
+                if claim.done_token == token and not claim.summary_recorded:
                     # We committed, then died before the summary request was stored.
-                    await self._request_summary(conversation_id, done_gen, request_id)
+                    await self._request_summary(conversation_id, claim.generation, request_id)
                 return self._outcome("already")
-            if state != "claimed":
-                return self._outcome(state)  # not_ready | busy | no_conversation
-            generation = int(reply[1])
-            committed = await self._run_once(conversation_id, key, token, generation, claim_ms)
+            if claim.outcome != "claimed":
+                return self._outcome(claim.outcome)  # not_ready | busy | no_conversation
+            generation = claim.generation
+            committed = await self._run_once(conversation_id, token, generation)
             if committed == "ok":
                 await self._request_summary(conversation_id, generation, request_id)
                 log.info("conversation_finalized", conversation_id=conversation_id,
@@ -163,9 +140,7 @@ class Finalizer:
         self._metrics.finalizations.labels(name).inc()
         return name
 
-    async def _run_once(
-        self, conversation_id: str, key: str, token: str, generation: int, claim_ms: int
-    ) -> str:
+    async def _run_once(self, conversation_id: str, token: str, generation: int) -> str:
         conversation = await self._store.get_conversation(conversation_id)
         if conversation is None:
             return "no_conversation"
@@ -180,28 +155,28 @@ class Finalizer:
         ]
         for object_key, content_type, body in writes:
             # Still ours, still this generation? (renews the claim for the write)
-            check = await self._check(keys=[key], args=[token, generation, claim_ms])
-            if str(check[0]) != "ok":
-                return str(check[0])  # stale | lost | done | no_conversation
+            check = await self._store.check_finalization(
+                conversation_id, token, generation, self._settings.finalization_claim_s
+            )
+            if check != "ok":
+                return check  # stale | lost | done | no_conversation
             await self._s3.put_object(
                 Bucket=bucket, Key=object_key, ContentType=content_type, Body=body
             )
-        failed = doc["counts"]["failed"]
-        reply = await self._commit(keys=[key], args=[
-            token, generation, "merged_transcript", merged, "transcript_json_key", json_key,
-            "transcript_text_key", text_key, "final_failed_chunks", failed,
-        ])
-        return str(reply[0])
+        return await self._store.commit_finalization(
+            conversation_id, token, generation, merged_transcript=merged,
+            transcript_json_key=json_key, transcript_text_key=text_key,
+            failed_chunks=doc["counts"]["failed"],
+        )
 
     async def _request_summary(self, conversation_id: str, generation: int, request_id: str) -> None:
         json_key, text_key = transcript_keys(conversation_id)
-        await self._publisher.publish(
-            names.LLM, SUMMARY_REQUESTED_EVENT,
-            {"conversation_id": conversation_id, "generation": generation,
-             "transcript_json_key": json_key, "transcript_text_key": text_key},
-            idempotency_key=f"summary:{conversation_id}:{generation}", request_id=request_id,
+        await events.publish(
+            self._publisher, events.CONVERSATION_SUMMARIZE,
+            events.SummarizeRequest(
+                conversation_id, generation, transcript_json_key=json_key,
+                transcript_text_key=text_key,
+            ),
+            request_id=request_id,
         )
-        await self._redis.hset(
-            self._store.conversation_key(conversation_id),
-            mapping={"summary_requested_gen": generation},
-        )
+        await self._store.record_summary_requested(conversation_id, generation)

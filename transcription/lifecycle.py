@@ -1,13 +1,7 @@
-"""The transcription service of one process, its ``cleanup_ctx`` and its consumer group.
+"""The transcription service of one process and its consumer group, built from explicit clients.
 
-Wiring (worker processes)::
-
-    app.cleanup_ctx.append(transcription_ctx)       # after the Redis and S3 contexts
-    app.cleanup_ctx.append(worker_ctx(["transcription"]))   # streams.worker, after it
-
-``transcription_spec`` is the registry factory (``streams.registry``) of the
-``transcription`` group; it needs ``app[TRANSCRIPTION]``, so the context above
-must come first.
+The gateway's composition root owns the service (``transcription_ctx``) and asks
+:func:`transcription_group_for` for the ``transcription`` group's spec.
 """
 
 from __future__ import annotations
@@ -17,11 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from gateway.appkeys import METRICS_REGISTRY, REDIS, S3, SETTINGS, TRANSCRIPTION
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
@@ -88,21 +80,13 @@ async def open_transcription(
         yield TranscriptionService(local, bound, metrics)
 
 
-async def transcription_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: stores :class:`TranscriptionService` under ``appkeys.TRANSCRIPTION``."""
-    async with open_transcription(app[SETTINGS], app[REDIS], app[METRICS_REGISTRY]) as service:
-        app[TRANSCRIPTION] = service
-        yield
-
-
 def build_handler(
-    service: TranscriptionService, *, settings: Settings, redis: RedisClient, s3: S3Client
+    service: TranscriptionService, *, settings: Settings, redis: RedisClient, s3: S3Client,
+    publisher: Publisher,
 ) -> TranscriptionHandler:
     store = ConversationStore(redis, key_prefix=settings.redis_key_prefix)
-    publisher = Publisher.from_settings(redis, settings)
     finalizer = Finalizer(
-        redis=redis, store=store, s3=s3, publisher=publisher, settings=settings,
-        metrics=service.metrics,
+        store=store, s3=s3, publisher=publisher, settings=settings, metrics=service.metrics,
     )
     return TranscriptionHandler(
         store=store, s3=s3, publisher=publisher, transcriber=service.transcriber,
@@ -111,16 +95,11 @@ def build_handler(
 
 
 def transcription_group_for(
-    service: TranscriptionService, *, settings: Settings, redis: RedisClient, s3: S3Client
+    service: TranscriptionService, *, settings: Settings, redis: RedisClient, s3: S3Client,
+    publisher: Publisher,
 ) -> GroupSpec:
-    """The ``transcription`` group's spec from explicit clients (tests, scripts, benchmarks)."""
+    """The ``transcription`` group's spec from explicit clients."""
     return transcription_group(
-        build_handler(service, settings=settings, redis=redis, s3=s3), settings
-    )
-
-
-def transcription_spec(app: web.Application) -> GroupSpec:
-    """The registry factory (``streams.registry``)."""
-    return transcription_group_for(
-        app[TRANSCRIPTION], settings=app[SETTINGS], redis=app[REDIS], s3=app[S3]
+        build_handler(service, settings=settings, redis=redis, s3=s3, publisher=publisher),
+        settings,
     )

@@ -1,6 +1,6 @@
 """Prometheus metrics of transcription and finalization, in the registry the app gives us.
 
-The ``permit*`` attributes carry the names :class:`llm.limiter.ClusterLimiter`
+The ``permit*`` attributes carry the names :class:`storage.permits.ClusterLimiter` (its :class:`~storage.permits.PermitMetrics`)
 updates, so the same limiter class bounds transcription calls with metrics of
 their own (``transcription_permit_*``) beside the LLM ones in one registry.
 """

@@ -29,7 +29,11 @@ import structlog
 from transcription.base import TranscriptResult
 from transcription.bound import CallBound
 from transcription.errors import (
-    NoSpeech, TooLarge, TooShort, TransientTranscriptionError, Undecodable,
+    NoSpeech,
+    TooLarge,
+    TooShort,
+    TransientTranscriptionError,
+    Undecodable,
 )
 from transcription.metrics import TranscriptionMetrics
 
@@ -148,7 +152,7 @@ class OpenAITranscriber:
                                 body = None
                             status = resp.status
                             wait_s = retry_after_s(resp.headers)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         outcome = "timeout"
                         raise TransientTranscriptionError("transcription request timed out") from None
                     except aiohttp.ClientError as exc:

@@ -1,4 +1,4 @@
--- Prepended to every conversation-store script (see storage/conversations.py).
+-- Prepended to every conversation-store script (see storage/store_core.py).
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -17,7 +17,7 @@ end
 -- A chunk is being listed (or deleted: delete_chunk.lua): a finalized conversation re-opens
 -- (it is finalized again once the chunk ends, or at once after a deletion), and final_gen
 -- moves on, so a finalizer that read an older set of chunks cannot commit
--- (transcription/lua/finalize_commit.lua). was_finalized: the conversation's
+-- (finalize_commit.lua). was_finalized: the conversation's
 -- finalized_ms as read by the caller.
 local function list_new_chunk(conv, was_finalized, now)
   if was_finalized then

@@ -197,7 +197,7 @@ class AnthropicEmulator:
         if self.latency_s:
             try:
                 await asyncio.wait_for(self._closing.wait(), self.latency_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         answer = self.responder(body)
         request_id = f"req_{uuid.uuid4().hex[:20]}"

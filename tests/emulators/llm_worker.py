@@ -14,6 +14,7 @@ import json
 import sys
 
 from prometheus_client import CollectorRegistry
+from waiting import wait_until
 
 from config import Settings
 from llm.lifecycle import open_llm
@@ -25,8 +26,9 @@ async def main(job_id: str, work_key: str, ready_key: str, go_key: str, parallel
     settings = Settings.from_env()
     async with open_redis(settings) as redis, open_llm(settings, redis, CollectorRegistry()) as svc:
         await redis.incr(ready_key)
-        while not await redis.exists(go_key):
-            await asyncio.sleep(0.01)
+        # Polled often: the workers must start together.
+        await wait_until(lambda: redis.exists(go_key), timeout_s=120, interval_s=0.01,
+                         message="the go signal never came")
 
         async def run() -> None:
             while True:

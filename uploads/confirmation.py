@@ -21,40 +21,30 @@ letters. A handler that finds its chunk ended (a redelivery after a failed
 publish) publishes ``conversation.finalize`` again if the conversation is
 finalizable; finalization is idempotent.
 
-Events (also published by the HTTP layer):
-
-* ``uploads`` / ``upload.verify`` ``{conversation_id, chunk_id, key, content_type}``,
-  idempotency key ``verify:<chunk_id>``;
-* ``transcription`` / ``chunk.uploaded`` ``{conversation_id, chunk_id, key, content_type}``,
-  idempotency key ``transcribe:<chunk_id>``;
-* ``transcription`` / ``conversation.finalize`` ``{conversation_id}``, idempotency key
-  ``finalize:<conversation_id>``: published by whoever saw the conversation become
-  finalizable (finished and every listed chunk in an end state); the ``transcription``
-  group finalizes exactly once per generation (``transcription.finalization``).
+Events: ``upload.verify`` in, ``chunk.uploaded`` and ``conversation.finalize`` out
+(:mod:`events.catalogue`). ``conversation.finalize`` is published by whoever saw the
+conversation become finalizable (finished and every listed chunk in an end state); the
+``transcription`` group finalizes exactly once per generation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config import Settings
+from events import catalogue as events
+from events.catalogue import ChunkUpload
 from storage.conversations import END_STATES, ChunkNotFound, ConversationStore
 from storage.s3_client import S3Client
 from storage.uploads import head_object, same_media_type
-from streams import names
 from streams.publisher import Publisher
 from streams.spec import EventContext, GroupSpec
 
 log = structlog.get_logger(__name__)
 
-UPLOAD_VERIFY_EVENT = "upload.verify"
-CHUNK_UPLOADED_EVENT = "chunk.uploaded"
-CONVERSATION_FINALIZE_EVENT = "conversation.finalize"
 UPLOAD_NOT_FOUND = "upload not found"
 UNVERIFIABLE = "upload could not be verified"
 #: Failed deliveries (exceptions, dead workers) of one verify event before the handler ends
@@ -63,48 +53,6 @@ VERIFY_MAX_ATTEMPTS = 5
 MAX_ERROR_CHARS = 500
 #: What a HEAD can raise besides "not found": S3 answering an error, or not answering.
 S3_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
-
-
-@dataclass(frozen=True, slots=True)
-class UploadVerify:
-    conversation_id: str
-    chunk_id: str
-    key: str
-    content_type: str
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> UploadVerify:
-        values = {f: payload[f] for f in ("conversation_id", "chunk_id", "key", "content_type")}
-        if not all(isinstance(v, str) and v for v in values.values()):
-            raise ValueError("upload.verify needs non-empty strings")
-        return cls(**values)
-
-    def as_payload(self) -> dict[str, str]:
-        return {
-            "conversation_id": self.conversation_id, "chunk_id": self.chunk_id,
-            "key": self.key, "content_type": self.content_type,
-        }
-
-
-async def publish_verification(publisher: Publisher, upload: UploadVerify, request_id: str = "") -> None:
-    await publisher.publish(
-        names.UPLOADS, UPLOAD_VERIFY_EVENT, upload.as_payload(),
-        idempotency_key=f"verify:{upload.chunk_id}", request_id=request_id,
-    )
-
-
-async def publish_transcription(publisher: Publisher, upload: UploadVerify, request_id: str = "") -> None:
-    await publisher.publish(
-        names.TRANSCRIPTION, CHUNK_UPLOADED_EVENT, upload.as_payload(),
-        idempotency_key=f"transcribe:{upload.chunk_id}", request_id=request_id,
-    )
-
-
-async def publish_finalize(publisher: Publisher, conversation_id: str, request_id: str = "") -> None:
-    await publisher.publish(
-        names.TRANSCRIPTION, CONVERSATION_FINALIZE_EVENT, {"conversation_id": conversation_id},
-        idempotency_key=f"finalize:{conversation_id}", request_id=request_id,
-    )
 
 
 def make_upload_confirmation_handler(
@@ -119,13 +67,15 @@ def make_upload_confirmation_handler(
             on_outcome(name)
 
     async def verify_upload(ctx: EventContext) -> None:
-        upload: UploadVerify = ctx.payload
+        upload: ChunkUpload = ctx.payload
         chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
         if chunk is None or chunk["path"] != upload.key:
             return  # deleted, or not ours: nothing to verify
         if chunk["status"] == "uploaded":
             # Verified before, but the transcription event may not have been stored.
-            await publish_transcription(publisher, upload, ctx.envelope.request_id)
+            await events.publish(
+                publisher, events.CHUNK_UPLOADED, upload, request_id=ctx.envelope.request_id
+            )
             return
         if chunk["status"] in END_STATES:
             # A redelivery may come from a failed finalize publish after the chunk ended.
@@ -156,7 +106,9 @@ def make_upload_confirmation_handler(
                 error = f"upload has type {info.content_type}, not {upload.content_type}"
             else:
                 await store.mark_uploaded(upload.conversation_id, upload.chunk_id, size=info.size)
-                await publish_transcription(publisher, upload, ctx.envelope.request_id)
+                await events.publish(
+                    publisher, events.CHUNK_UPLOADED, upload, request_id=ctx.envelope.request_id
+                )
                 outcome("uploaded")
                 return
             await _fail(upload, error, ctx)
@@ -166,7 +118,7 @@ def make_upload_confirmation_handler(
             ctx.defer(delays_s[ctx.attempt])
         await _fail(upload, UPLOAD_NOT_FOUND, ctx)
 
-    async def _fail(upload: UploadVerify, error: str, ctx: EventContext) -> None:
+    async def _fail(upload: ChunkUpload, error: str, ctx: EventContext) -> None:
         error = error[:MAX_ERROR_CHARS]
         try:
             result = await store.mark_failed(upload.conversation_id, upload.chunk_id, error=error)
@@ -176,11 +128,17 @@ def make_upload_confirmation_handler(
                  chunk_id=upload.chunk_id, error=error)
         outcome("failed")
         if result.finalizable:
-            await publish_finalize(publisher, upload.conversation_id, ctx.envelope.request_id)
+            await events.publish(
+                publisher, events.CONVERSATION_FINALIZE,
+                events.FinalizeRequest(upload.conversation_id), request_id=ctx.envelope.request_id,
+            )
 
     async def _finalize_if_ready(conversation_id: str, ctx: EventContext) -> None:
         if await store.is_finalizable(conversation_id):
-            await publish_finalize(publisher, conversation_id, ctx.envelope.request_id)
+            await events.publish(
+                publisher, events.CONVERSATION_FINALIZE, events.FinalizeRequest(conversation_id),
+                request_id=ctx.envelope.request_id,
+            )
 
     return verify_upload
 
@@ -189,28 +147,14 @@ def upload_confirmation_group(
     *, store: ConversationStore, s3: S3Client, publisher: Publisher, settings: Settings,
     on_outcome: Callable[[str], None] | None = None,
 ) -> GroupSpec:
-    """The consumer group spec for ``streams.registry``."""
+    """The ``upload-confirmation`` consumer group."""
     return GroupSpec(
-        stream=names.UPLOADS,
-        group=names.UPLOAD_CONFIRMATION_GROUP,
+        stream=events.UPLOADS,
+        group=events.UPLOAD_CONFIRMATION_GROUP,
         handler=make_upload_confirmation_handler(
             store=store, s3=s3, publisher=publisher, settings=settings, on_outcome=on_outcome
         ),
-        event_types={UPLOAD_VERIFY_EVENT: UploadVerify.from_payload},
+        event_types=events.parsers(events.UPLOAD_VERIFY),
         # One more than our attempts: the handler itself ends the chunk on the last one.
         max_deliveries=VERIFY_MAX_ATTEMPTS + 1,
-    )
-
-
-def upload_confirmation_spec(app: Any) -> GroupSpec:
-    """The registry factory (``streams.registry``): builds the group from the app's clients."""
-    from gateway.appkeys import REDIS, S3, SETTINGS  # the app's keys; imported late: layering
-
-    settings = app[SETTINGS]
-    redis = app[REDIS]
-    return upload_confirmation_group(
-        store=ConversationStore(redis, key_prefix=settings.redis_key_prefix),
-        s3=app[S3],
-        publisher=Publisher.from_settings(redis, settings),
-        settings=settings,
     )

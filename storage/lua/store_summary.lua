@@ -1,4 +1,5 @@
--- Store a conversation's summary if it is for the conversation's current generation.
+-- Store a conversation's summary if it is for the conversation's current generation
+-- (storage/lua/_prelude.lua is prepended; nothing of it is used).
 -- KEYS: 1 conversation hash. ARGV: 1 generation, 2 summary, 3 provider, 4 model, 5 s3 key.
 -- Returns 'ok', 'already' (this generation has its summary), 'stale' or 'no_conversation'.
 if redis.call('EXISTS', KEYS[1]) == 0 then

@@ -1,4 +1,4 @@
-"""Host API routes of the LLM layer: start an auto-select job, read a job.
+"""Host API routes of auto-select: start a job (run by the ``llm`` group), read a job.
 
 ``POST /api/projects/{project_id}/auto-select`` ``{"query", "language"?}`` -> 202
 ``{"job_id", "status_url"}``; the job runs on the ``llm`` stream.
@@ -14,14 +14,13 @@ import uuid
 
 from aiohttp import web
 
+from events import catalogue as events
 from gateway import validation as v
 from gateway.appkeys import API_SERVICES, LLM
 from gateway.auth import require_host
 from gateway.errors import NotFound
 from gateway.middlewares import request_id_of
-from llm.handlers import AUTO_SELECT_EVENT
 from gateway.responses import json_response
-from streams import names
 
 routes = web.RouteTableDef()
 
@@ -43,11 +42,9 @@ async def start_auto_select(request: web.Request) -> web.Response:
     await request.app[LLM].jobs.create(
         project_id=project_id, query=query, language=language, job_id=job_id
     )
-    await services.publisher.publish(
-        names.LLM,
-        AUTO_SELECT_EVENT,
-        {"job_id": job_id, "project_id": project_id, "query": query, "language": language},
-        idempotency_key=f"auto-select:{job_id}",
+    await events.publish(
+        services.publisher, events.AUTO_SELECT_REQUESTED,
+        events.AutoSelectRequest(job_id, project_id, query, language),
         request_id=request_id_of(request) or "",
     )
     return json_response(

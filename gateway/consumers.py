@@ -1,9 +1,9 @@
 """Running consumer groups inside an aiohttp application (which also serves /metrics).
 
 ``consumers_ctx(factories)`` is a ``cleanup_ctx`` generator factory: append it
-after the Redis ctx. It reads ``app[REDIS]``, ``app[SETTINGS]`` and
-``app[METRICS_REGISTRY]``, starts a :class:`ConsumerRuntime`, stores it under
-``CONSUMERS`` and on shutdown stops it with ``settings.shutdown_grace_s``.
+after the Redis context (and the services its groups need: see
+:func:`worker_background`). It starts a :class:`~streams.runtime.ConsumerRuntime`,
+stores it under ``CONSUMERS`` and on shutdown stops it within ``SHUTDOWN_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from gateway.appkeys import METRICS_REGISTRY, REDIS, SETTINGS
+from gateway.appkeys import CONSUMERS, METRICS_REGISTRY, REDIS, SETTINGS
+from gateway.groups import SpecFactory, group_factories, group_requirements, resolve
+from gateway.wiring import streams_config
 from storage.redis_client import open_redis
-from streams.consumer import ConsumerRuntime
-from streams.registry import SpecFactory, group_factories, group_requirements, resolve
+from streams.runtime import ConsumerRuntime
 from streams.spec import GroupSpec
-
-CONSUMERS = web.AppKey("stream_consumers", ConsumerRuntime)
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
@@ -37,7 +36,9 @@ def consumers_ctx(
         specs = [f if isinstance(f, GroupSpec) else f(app) for f in factories]
         if concurrency is not None:
             specs = [dataclasses.replace(s, concurrency=concurrency) for s in specs]
-        runtime = ConsumerRuntime(app[REDIS], app[SETTINGS], app[METRICS_REGISTRY], specs)
+        runtime = ConsumerRuntime(
+            app[REDIS], streams_config(app[SETTINGS]), app[METRICS_REGISTRY], specs
+        )
         await runtime.start()
         app[CONSUMERS] = runtime
         try:
@@ -51,7 +52,7 @@ def consumers_ctx(
 def worker_ctx(group_names: list[str], concurrency: int | None = None) -> CleanupCtx:
     """The cleanup_ctx of ``echo-gateway worker --group NAME... [--concurrency N]``.
 
-    Unknown names raise :class:`streams.registry.UnknownGroupError` here, before start.
+    Unknown names raise :class:`gateway.groups.UnknownGroupError` here, before start.
     """
     return consumers_ctx(resolve(group_names), concurrency=concurrency)
 
@@ -93,7 +94,8 @@ async def run_consumers(
         loop.add_signal_handler(sig, stop.set)
     async with open_redis(settings) as redis:
         runtime = ConsumerRuntime(
-            redis, settings, registry or CollectorRegistry(), specs, consumer_name=consumer_name
+            redis, streams_config(settings), registry or CollectorRegistry(), specs,
+            consumer_name=consumer_name,
         )
         await runtime.start()
         try:

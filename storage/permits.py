@@ -1,4 +1,8 @@
-"""The cluster-wide bound on model calls, and the shared "pause until", on Redis.
+"""A cluster-wide counting semaphore of leased permits, and a shared "pause until", on Redis.
+
+It bounds calls to a provider across every process: the LLM layer (``{llm}``
+keys) and transcription (``{transcription}`` keys) each own one, with metrics of
+their own that follow :class:`PermitMetrics`.
 
 A permit is a lease: a member of a sorted set scored by its expiry in Redis
 server time (``TIME`` inside the scripts, so process clocks never matter). A
@@ -13,6 +17,12 @@ ones further back; a release in this process wakes its own waiters at once.
 
 If Redis cannot be reached, acquiring waits and retries: there is no
 per-process fallback that would multiply the bound.
+
+Cancellation always ends a wait, a hold and a lease renewer, even when an await
+below swallowed it: on Python 3.11, ``asyncio.wait_for`` (which redis-py uses to
+write every command) returns its result instead of raising when the cancel
+arrives in the loop round its inner write finished (CPython gh-86296), so each
+loop also checks ``Task.cancelling()``.
 """
 
 from __future__ import annotations
@@ -26,12 +36,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from llm.keys import LimiterKeys
-from llm.metrics import LlmMetrics
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS, RedisClient, lua_source
 
 log = structlog.get_logger(__name__)
@@ -39,6 +47,96 @@ log = structlog.get_logger(__name__)
 
 def _lua(name: str) -> str:
     return lua_source(__file__, name)
+
+
+def _raise_if_cancel_was_swallowed(task: asyncio.Task[Any], cancels_before: int) -> None:
+    """Raise the ``CancelledError`` of a ``task.cancel()`` since ``cancels_before`` that an
+    await returned from without raising (see the module docstring): a cancelled waiter must
+    not poll on, and a cancelled renewer must end, or whoever awaits them waits forever."""
+    if task.cancelling() > cancels_before:
+        raise asyncio.CancelledError
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None, "permits are taken inside a task"
+    return task
+
+
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class _LabelledHistogram(Protocol):
+    def labels(self, *labelvalues: str) -> _Observer: ...
+
+
+class PermitMetrics(Protocol):
+    """What the semaphore reports; each owner names its own metrics (``echo_llm_*``,
+    ``echo_transcription_*``) and hands an object with these attributes."""
+
+    @property
+    def queue_depth_cluster(self) -> _Gauge: ...
+    @property
+    def queue_depth_process(self) -> _Gauge: ...
+    @property
+    def permits_in_use(self) -> _Gauge: ...
+    @property
+    def permits_held_process(self) -> _Gauge: ...
+    @property
+    def wait_seconds(self) -> _LabelledHistogram: ...
+    @property
+    def leases_lost(self) -> _Counter: ...
+    @property
+    def leases_reclaimed(self) -> _Counter: ...
+    @property
+    def redis_errors(self) -> _Counter: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterKeys:
+    """The keys of one cluster-wide semaphore and its shared pause.
+
+    Every key of one semaphore shares the hash tag ``{<tag>}`` so the Lua scripts that
+    touch several of them run on one Cluster slot.
+    """
+
+    #: ZSET holder id -> lease expiry (Redis server time, ms).
+    holders: str
+    #: ZSET waiter id -> ticket number (FIFO order).
+    queue: str
+    #: ZSET waiter id -> heartbeat expiry (ms); a waiter that stops polling is dropped.
+    heartbeats: str
+    #: Counter that hands out tickets.
+    tickets: str
+    #: String: Redis server time (ms) before which no call starts.
+    pause_until: str
+    #: The semaphore's name (its hash tag), used in log events.
+    tag: str = "llm"
+
+    @classmethod
+    def for_prefix(cls, prefix: str, tag: str = "llm") -> LimiterKeys:
+        """Keys of one bound; ``tag`` names it (``llm``, ``transcription``) and is its hash tag."""
+        base = f"{prefix}:{{{tag}}}"
+        return cls(
+            holders=f"{base}:permits:holders",
+            queue=f"{base}:permits:queue",
+            heartbeats=f"{base}:permits:heartbeats",
+            tickets=f"{base}:permits:tickets",
+            pause_until=f"{base}:pause_until",
+            tag=tag,
+        )
+
+    def all(self) -> list[str]:
+        return [self.holders, self.queue, self.heartbeats, self.tickets, self.pause_until]
 
 
 class PermitUnavailable(Exception):
@@ -76,7 +174,7 @@ class ClusterLimiter:
         redis: RedisClient,
         keys: LimiterKeys,
         config: LimiterConfig,
-        metrics: LlmMetrics,
+        metrics: PermitMetrics,
         *,
         model: str = "",
     ) -> None:
@@ -86,10 +184,10 @@ class ClusterLimiter:
         self._metrics = metrics
         self._model = model
         self._process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._acquire = redis.register_script(_lua("acquire.lua"))
-        self._renew = redis.register_script(_lua("renew.lua"))
-        self._release = redis.register_script(_lua("release.lua"))
-        self._pause = redis.register_script(_lua("pause.lua"))
+        self._acquire = redis.register_script(_lua("permits_acquire.lua"))
+        self._renew = redis.register_script(_lua("permits_renew.lua"))
+        self._release = redis.register_script(_lua("permits_release.lua"))
+        self._pause = redis.register_script(_lua("permits_pause.lua"))
         self._local_waiters = 0
         self._local_holders = 0
         self._wake = asyncio.Event()
@@ -116,22 +214,29 @@ class ClusterLimiter:
             yield permit
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
             self._local_holders -= 1
             self._metrics.permits_held_process.set(self._local_holders)
-            # Shielded: a cancelled caller still gives the permit back.
-            await asyncio.shield(self._give_back(holder_id))
+            # Shielded: a cancelled caller still gives the permit back. Awaiting the renewer
+            # inside the shield also keeps a cancel of this task from being mistaken for the
+            # renewer's own end (``await renewer`` raises CancelledError for both).
+            await asyncio.shield(self._end_hold(renewer, holder_id))
+
+    async def _end_hold(self, renewer: asyncio.Task[None], holder_id: str) -> None:
+        await asyncio.wait([renewer])  # cancelled: ends at its next await
+        await self._give_back(holder_id)
 
     async def _wait_for_permit(self, holder_id: str, deadline: float | None) -> float:
         started = time.monotonic()
         self._local_waiters += 1
         self._metrics.queue_depth_process.set(self._local_waiters)
         redis_failures = 0
+        task = _current_task()
+        cancels_before = task.cancelling()
         try:
             while True:
+                _raise_if_cancel_was_swallowed(task, cancels_before)
                 if deadline is not None and time.monotonic() > deadline:
-                    raise PermitUnavailable("no model-call permit before the deadline")
+                    raise PermitUnavailable(f"no {self._keys.tag} permit before the deadline")
                 try:
                     reply = await self._acquire(
                         keys=self._keys.all(),
@@ -148,16 +253,18 @@ class ClusterLimiter:
                     delay_s = random.uniform(
                         0, min(self._config.redis_retry_max_s, 0.05 * 2**redis_failures)
                     )
-                    log.warning("llm_limiter_redis_unavailable", error=str(exc), retry_in_s=delay_s)
+                    log.warning("permits_limiter_redis_unavailable", bound=self._keys.tag, error=str(exc), retry_in_s=delay_s)
                     await asyncio.sleep(delay_s)
                     continue
+                # Before acting on the reply: a cancelled caller gives a granted permit back.
+                _raise_if_cancel_was_swallowed(task, cancels_before)
                 redis_failures = 0
                 granted, pause_left_ms, rank, holders, waiters, reclaimed = (int(v) for v in reply)
                 self._metrics.permits_in_use.set(holders)
                 self._metrics.queue_depth_cluster.set(waiters)
                 if reclaimed:
                     self._metrics.leases_reclaimed.inc(reclaimed)
-                    log.warning("llm_expired_leases_reclaimed", count=reclaimed)
+                    log.warning("permits_expired_leases_reclaimed", bound=self._keys.tag, count=reclaimed)
                 if granted:
                     waited_s = time.monotonic() - started
                     self._metrics.wait_seconds.labels(self._model).observe(waited_s)
@@ -180,17 +287,21 @@ class ClusterLimiter:
             behind = max(0, rank - self._config.limit + 1)
             base_s = min(self._config.tail_poll_max_s, self._config.head_poll_s * (1 + behind))
             delay_s = min(random.uniform(0.5, 1.5) * base_s, heartbeat_s)
-            # A release in this process wakes its waiters at once.
+            # A release in this process wakes its waiters at once. asyncio.timeout, not
+            # wait_for: on 3.11 wait_for loses a cancel that arrives with the wake-up.
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._wake.wait()
             return
         await asyncio.sleep(delay_s)
 
     async def _keep_lease(self, permit: Permit) -> None:
         lease_s = self._config.lease_s
         last_renewed = time.monotonic()
+        task = _current_task()
         while True:
+            _raise_if_cancel_was_swallowed(task, 0)
             await asyncio.sleep(lease_s / 3)
             try:
                 kept = await self._renew(
@@ -198,7 +309,7 @@ class ClusterLimiter:
                 )
             except REDIS_UNAVAILABLE_ERRORS as exc:
                 self._metrics.redis_errors.inc()
-                log.warning("llm_lease_renewal_failed", error=str(exc))
+                log.warning("permits_lease_renewal_failed", bound=self._keys.tag, error=str(exc))
                 if time.monotonic() - last_renewed < lease_s:
                     continue
                 kept = 0
@@ -217,7 +328,7 @@ class ClusterLimiter:
         except REDIS_UNAVAILABLE_ERRORS as exc:
             # The lease expires on its own within lease_s.
             self._metrics.redis_errors.inc()
-            log.warning("llm_permit_release_failed", error=str(exc), holder_id=holder_id)
+            log.warning("permits_permit_release_failed", bound=self._keys.tag, error=str(exc), holder_id=holder_id)
         self._wake.set()
 
     # --- shared pause
@@ -234,7 +345,7 @@ class ClusterLimiter:
                 return int(left_ms) / 1000
             except REDIS_UNAVAILABLE_ERRORS as exc:
                 self._metrics.redis_errors.inc()
-                log.warning("llm_pause_set_failed", error=str(exc), attempt=attempt)
+                log.warning("permits_pause_set_failed", bound=self._keys.tag, error=str(exc), attempt=attempt)
                 await asyncio.sleep(random.uniform(0, 0.1 * 2**attempt))
         return 0.0
 

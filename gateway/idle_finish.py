@@ -1,0 +1,79 @@
+"""Finishing idle conversations: one sweeper per gateway process.
+
+A conversation with no activity for ``IDLE_FINISH_AFTER_S`` is finished, as if the
+participant had called finish; if that makes it finalizable, ``conversation.finalize``
+is published. Safe in every process at once: each finish is one atomic script, and the
+activity index (``echo:idle``) is only a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from events import catalogue as events
+from gateway.api_services import ApiServices
+from gateway.appkeys import API_SERVICES
+from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
+
+log = structlog.get_logger(__name__)
+
+IDLE_SWEEP_BATCH = 200
+
+
+def idle_sweep_interval_s(idle_finish_after_s: float) -> float:
+    return max(1.0, min(30.0, idle_finish_after_s / 10))
+
+
+async def sweep_idle_once(services: ApiServices) -> int:
+    """Finish the conversations idle for ``IDLE_FINISH_AFTER_S``; returns how many."""
+    idle_finish_after_s = services.settings.idle_finish_after_s
+    finished = await services.store.finish_idle(
+        idle_finish_after_s, batch=IDLE_SWEEP_BATCH,
+        retry_s=idle_sweep_interval_s(idle_finish_after_s),
+    )
+    for conversation_id, result in finished:
+        if result.changed:
+            log.info("conversation_finished_idle", conversation_id=conversation_id)
+        if result.finalizable:
+            await events.publish(
+                services.publisher, events.CONVERSATION_FINALIZE,
+                events.FinalizeRequest(conversation_id),
+            )
+        # Only once its event is stored: if the publish failed, a later sweep takes it again.
+        await services.store.forget_idle(conversation_id)
+    return sum(result.changed for _, result in finished)
+
+
+async def idle_finish_loop(services: ApiServices, stop: asyncio.Event) -> None:
+    interval_s = idle_sweep_interval_s(services.settings.idle_finish_after_s)
+    while not stop.is_set():
+        try:
+            await sweep_idle_once(services)
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            log.warning("idle_sweep_failed", error=str(exc))
+        except Exception:
+            # Anything else must not end the sweeper of this process for good
+            # (CancelledError is a BaseException and still stops it).
+            log.exception("idle_sweep_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def idle_finish_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the idle sweeper in this process (safe in every process: each finish is atomic)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(idle_finish_loop(app[API_SERVICES], stop), name="idle-finish")
+    try:
+        yield
+    finally:
+        # The flag ends the loop even if a library swallowed the cancellation
+        # (redis-py can turn a cancelled wait into its TimeoutError).
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,81 @@
+"""Participant pings: cheap, rate-limited per client, kept briefly (:mod:`storage.presence`)
+for the host's live view. Bad telemetry is dropped, never an error that disturbs recording."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway import validation as v
+from gateway.api_services import ApiServices
+from gateway.errors import BadRequest, NotFound
+from gateway.participant import checks
+from gateway.participant.checks import PREFIX
+from gateway.responses import json_response
+
+PING_FIELDS = ("state", "audio_level", "recorded_seconds", "client_ts", "network", "battery",
+               "visibility", "mic", "error", "user_agent")
+
+routes = web.RouteTableDef()
+
+
+def _telemetry(body: dict[str, Any]) -> dict[str, Any]:
+    """Known keys with small scalar (or small flat object) values; everything else is dropped."""
+    kept: dict[str, Any] = {}
+    for name in PING_FIELDS:
+        value = body.get(name)
+        if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200):
+            kept[name] = value
+        elif isinstance(value, dict) and len(value) <= 10:
+            flat = {
+                str(k)[:40]: val for k, val in value.items()
+                if isinstance(val, (bool, int, float)) or (isinstance(val, str) and len(val) <= 100)
+            }
+            kept[name] = flat
+    return kept
+
+
+async def _read_telemetry(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await v.read_json_object(request, required=False)
+    except BadRequest:
+        return {}  # bad telemetry is ignored, never an error
+    return _telemetry(body)
+
+
+async def _ping_record(request: web.Request, services: ApiServices) -> dict[str, Any]:
+    """What to keep of this ping, once it has taken its quota (429 beyond it)."""
+    telemetry = await _read_telemetry(request)
+    decision = await services.ping_limiter.hit(checks.client_ip(request))
+    if not decision.allowed:
+        raise checks.rate_limited(decision, "pings")
+    telemetry["received_at"] = datetime.now(UTC).isoformat()
+    telemetry["remote"] = request.remote
+    return telemetry
+
+
+@routes.post(PREFIX + "/conversations/{conversation_id}/ping")
+async def conversation_ping(request: web.Request) -> web.Response:
+    services = checks.services(request)
+    conversation_id = v.path_uuid(request, "conversation_id")
+    if await services.store.conversation_gate(conversation_id) is None:
+        raise NotFound("Conversation not found")
+    telemetry = await _ping_record(request, services)
+    await services.presence.record_conversation_ping(conversation_id, telemetry)
+    return json_response({"ok": True})
+
+
+@routes.post(PREFIX + "/projects/{project_id}/visitors/{visitor_id}/ping")
+async def visitor_ping(request: web.Request) -> web.Response:
+    services = checks.services(request)
+    project_id = v.path_uuid(request, "project_id")
+    visitor_id = request.match_info["visitor_id"]
+    if not (0 < len(visitor_id) <= 128) or any(c in visitor_id for c in "{}: \t"):
+        raise BadRequest("visitor_id: 1 to 128 characters, no braces, colons or spaces")
+    if await services.store.project_is_open(project_id) is None:
+        raise NotFound("Project not found")
+    telemetry = await _ping_record(request, services)
+    await services.presence.record_visitor_ping(project_id, visitor_id, telemetry)
+    return json_response({"ok": True})
