@@ -63,6 +63,11 @@ class HttpSettings(SettingsSection):
         "UPLOAD_VERIFY_DELAYS_S", parse_float_list, (1.0, 2.0, 4.0, 8.0, 15.0),
         "back-off between HEAD checks of a pending upload before it is marked failed",
     )
+    upload_verify_error_window_s: float = setting(
+        "UPLOAD_VERIFY_ERROR_WINDOW_S", float_above(0), 600.0,
+        "how long S3 errors on the HEAD of a pending upload are retried (back-off from the "
+        "first UPLOAD_VERIFY_DELAYS_S, doubling, at most 60 s) before the chunk is marked failed",
+    )
     upload_confirm_wait_s: float = setting(
         "UPLOAD_CONFIRM_WAIT_S", float_above(0), 1.0,
         "how long confirm-upload looks for the object before answering 202",

@@ -93,7 +93,20 @@ class TranscriptionSettings(SettingsSection):
     )
     transcription_max_attempts: int = setting(
         "TRANSCRIPTION_MAX_ATTEMPTS", int_at_least(1), 5,
-        "deliveries of one chunk's event before the chunk is marked failed",
+        "started attempts of one chunk's event that crashed or raised an unexpected error before "
+        "the chunk is marked failed (transient errors have TRANSCRIPTION_RETRY_WINDOW_S)",
+    )
+    # 600 s: longer than a routine outage (a restarting S3 node, a provider's brief 5xx
+    # spell, a network blip of a minute or two), short enough that one chunk cannot hold its
+    # conversation's finalization back for long.
+    transcription_retry_window_s: float = setting(
+        "TRANSCRIPTION_RETRY_WINDOW_S", float_above(0), 600.0,
+        "how long transient errors (S3 or the transcription provider unreachable, 5xx, "
+        "timeouts) are retried, from the first, before the chunk is marked failed",
+    )
+    transcription_retry_max_delay_s: float = setting(
+        "TRANSCRIPTION_RETRY_MAX_DELAY_S", float_above(0), 60.0,
+        "longest wait between two tries after a transient error (back-off from 1 s, doubling)",
     )
     transcription_min_duration_s: float = setting(
         "TRANSCRIPTION_MIN_DURATION_S", float_above(0), 0.3,

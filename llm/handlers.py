@@ -1,8 +1,10 @@
 """Handlers of the ``llm`` stream (group ``llm``): conversation summaries and auto-select jobs.
 
 * ``conversation.summarize`` (published by finalization): summarise the merged
-  transcript, write ``conversation/<id>/summary.json`` to S3, then store the
-  summary on the conversation if it is still for the current generation.
+  transcript, keep the result in the store as the generation's draft, write
+  ``conversation/<id>/summary.json`` to S3, then store the summary on the
+  conversation if it is still for the current generation. A redelivery (the S3
+  write failed) finds the draft and does not call the model again.
 * ``auto_select.requested`` (published by ``POST .../auto-select``): plan the
   batches (kept in the job, so a redelivery reuses them), run the batches not
   yet recorded, each one bounded model call; the last one completes the job.
@@ -27,7 +29,7 @@ from llm.selection import (
     pack_batches,
     prompt_budget_tokens,
 )
-from llm.summary import put_summary_s3, summarize, summary_s3_key
+from llm.summary import as_draft, from_draft, put_summary_s3, summarize, summary_s3_key
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
@@ -85,9 +87,18 @@ class LlmHandlers:
         skip = inputs.skip_reason(generation)
         if skip is not None:
             return skip  # no_conversation | stale (a newer generation asks) | already | empty
-        summary = await summarize(
-            self._service.llm, cid, inputs.merged_transcript, request.language
-        )
+        kept = inputs.draft_for(generation)
+        if kept is None:
+            produced = await summarize(
+                self._service.llm, cid, inputs.merged_transcript, request.language
+            )
+            # Kept before the S3 write: if that fails, the redelivery reuses it.
+            outcome, kept = await self._store.keep_summary_draft(cid, as_draft(produced, generation))
+            if kept is None:
+                return outcome  # the generation moved on, or got its summary, meanwhile
+        else:
+            log.info("llm_summary_draft_reused", conversation_id=cid, generation=generation)
+        summary = from_draft(cid, kept)
         s3_key = await put_summary_s3(self._s3, self._settings.s3_bucket, summary)
         outcome = await self._store.store_summary(
             cid, generation, text=summary.text, provider=summary.provider, model=summary.model,

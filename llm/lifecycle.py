@@ -65,7 +65,11 @@ def make_limiter(settings: Settings, redis: RedisClient, metrics: LlmMetrics, mo
 async def open_llm(
     settings: Settings, redis: RedisClient, registry: CollectorRegistry
 ) -> AsyncIterator[LlmService]:
-    """Create the provider, limiter and job store; close the provider on exit."""
+    """Create the provider, limiter and job store; close the provider on exit.
+
+    The limiter's process liveness heartbeat runs while the service is open, so a killed
+    process's permits are freed in seconds (``storage.permit_liveness``).
+    """
     metrics = LlmMetrics(registry)
     provider = make_provider(settings)
     limiter = make_limiter(settings, redis, metrics, provider.model)
@@ -79,12 +83,13 @@ async def open_llm(
         ),
     )
     try:
-        yield LlmService(
-            llm=llm,
-            limiter=limiter,
-            metrics=metrics,
-            jobs=JobStore(redis, key_prefix=settings.redis_key_prefix),
-            settings=settings,
-        )
+        async with limiter:
+            yield LlmService(
+                llm=llm,
+                limiter=limiter,
+                metrics=metrics,
+                jobs=JobStore(redis, key_prefix=settings.redis_key_prefix),
+                settings=settings,
+            )
     finally:
         await llm.close()

@@ -1,8 +1,11 @@
 """Conversation summaries: the prompt, the bounded call, and where the result is kept.
 
-Finalization asks for a summary (an ``llm.summarize`` event); the handler
-calls :func:`summarize` and stores the result on the conversation (through a
-:class:`SummarySink`) and as ``conversation/<id>/summary.json`` in S3 (beside the transcript files).
+Finalization asks for a summary (a ``conversation.summarize`` event); the handler
+calls :func:`summarize`, keeps the result in the store as the generation's draft
+(:func:`as_draft`), writes it as ``conversation/<id>/summary.json`` to S3 (beside
+the transcript files), then stores it on the conversation. A redelivery after a
+failed S3 write rebuilds the summary from the draft (:func:`from_draft`) instead of
+calling the model again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Protocol
 
 from llm.client import BoundedLlm
 from llm.providers import LlmRequest, SummaryTask
+from storage.conversations import SummaryDraft
 
 SUMMARY_MAX_OUTPUT_TOKENS = 600
 #: Transcript characters sent at most; longer ones keep their start and end.
@@ -42,6 +46,21 @@ class Summary:
             "model": self.model,
             "created_at": self.created_at,
         }
+
+
+def as_draft(summary: Summary, generation: int) -> SummaryDraft:
+    """The summary as the store keeps it for ``generation`` until it is stored for good."""
+    return SummaryDraft(
+        generation=generation, text=summary.text, provider=summary.provider,
+        model=summary.model, created_at=summary.created_at,
+    )
+
+
+def from_draft(conversation_id: str, draft: SummaryDraft) -> Summary:
+    return Summary(
+        conversation_id=conversation_id, text=draft.text, provider=draft.provider,
+        model=draft.model, created_at=draft.created_at,
+    )
 
 
 class SummarySink(Protocol):

@@ -52,7 +52,7 @@ from storage.store_errors import (
     ProjectNotFound,
     StoreError,
 )
-from storage.summaries import SummaryInputs, SummaryStore
+from storage.summaries import SummaryDraft, SummaryInputs, SummaryStore
 
 
 class ConversationStore(
@@ -81,6 +81,7 @@ __all__ = [
     "ProjectClosed",
     "ProjectNotFound",
     "StoreError",
+    "SummaryDraft",
     "SummaryInputs",
     "TransitionResult",
     "iso_to_ms",

@@ -4,18 +4,26 @@ dead-letter.
 Per group and process there is a fixed set of tasks, no task per message:
 
 * a **reader**: first takes this consumer's own pending entries again, then
-  reads new ones (``XREADGROUP >``, BLOCK 2 s) while fewer than
-  ``2 x concurrency`` entries are held locally;
+  reads new ones (``XREADGROUP >``) while there is room. Room is one account
+  (:mod:`streams.capacity`, ``2 x concurrency`` entries in hand) that the
+  reader, the reclaim and the retries all reserve from before they await
+  Redis. While entries flow it reads all the room can take (BLOCK 100 ms);
+  idle, it waits (BLOCK 2 s) holding room for one entry only, so the reclaim
+  is never kept waiting behind a long read;
 * ``concurrency`` **workers** running the handler; the entry is acked only
-  after it returned, acks are batched by an **acker**;
+  after it returned. Acks and handler starts are batched by an **acker**
+  (:mod:`streams.acker`);
 * a **lease renewer**: every ``lease_s / 3`` it resets the idle time of every
   entry held here (XCLAIM JUSTID, only if still ours), so a long handler keeps
   its entry while its process lives.
 
-A failed entry waits here for its back-off; :meth:`Delivery.retry_due` takes
-it again (housekeeping drives it on its tick). Entries reclaimed from dead
-workers come in through :meth:`Delivery.take`. The dead-letter move and a
-deferral are one Lua script each, run under ``asyncio.shield``.
+``max_deliveries`` applies to *started* attempts (:mod:`streams.attempts`): an
+entry a worker took but never started is not a failure. Raw deliveries keep a
+hard cap (3 x ``max_deliveries``). A failed entry waits here for its back-off;
+:meth:`Delivery.retry_due` takes it again (housekeeping drives it on its tick).
+Entries reclaimed from dead workers come in through :meth:`Delivery.take`. The
+dead-letter move, a deferral and a failure record are one Lua script each, run
+under ``asyncio.shield``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
+from streams import attempts
+from streams.acker import Acker
+from streams.attempts import History
+from streams.capacity import RETRY, Capacity, Reservation
 from streams.envelope import Envelope, EnvelopeError, decode, encode_member
 from streams.group import Entry, GroupContext, entries_from_flat
 from streams.loops import cancel, forever
@@ -39,8 +51,10 @@ from streams.spec import Defer, EventContext
 
 log = structlog.get_logger(__name__)
 
-#: XREADGROUP BLOCK; must stay below the client's 5 s socket timeout.
+#: XREADGROUP BLOCK when idle; must stay below the client's 5 s socket timeout.
 BLOCK_MS = 2000
+#: XREADGROUP BLOCK while entries flow: the longest a read holds the whole room.
+ACTIVE_BLOCK_MS = 100
 READ_BATCH = 100
 
 
@@ -62,17 +76,15 @@ class Delivery:
         self._m_processed = ctx.metrics.processed.labels(*ctx.labels)
         self._m_handler_s = ctx.metrics.handler_s.labels(*ctx.labels)
         self._m_deliveries = ctx.metrics.deliveries.labels(*ctx.labels)
-        self._max_held = 2 * ctx.concurrency
-        self._max_waiting = 16 * ctx.concurrency
+        self.capacity = Capacity(2 * ctx.concurrency, max_waiting=16 * ctx.concurrency)
+        self.acker = Acker(ctx)
         # Entries this consumer owns: queued, running or waiting for a retry.
         self._held: dict[str, Entry] = {}
         self._running: set[str] = set()
         self._waiting: list[tuple[float, int, str]] = []  # (due, seq, id): retries
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
-        self._acks: list[Entry] = []
-        self._ack_ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._drained_own = False
+        #: Where the pass over our own pending entries goes on; None once done.
+        self._own_cursor: str | None = "-"
         self._seq = itertools.count()
         self._reader: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -91,7 +103,7 @@ class Delivery:
         ]
         self._keepers = [
             asyncio.create_task(self._forever(self._renew, "renew"), name=f"{name} renew"),
-            asyncio.create_task(self._forever(self._ack, "ack"), name=f"{name} acker"),
+            asyncio.create_task(self._forever(self.acker.run_once, "ack"), name=f"{name} acker"),
         ]
 
     async def stop_intake(self) -> None:
@@ -109,18 +121,22 @@ class Delivery:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._waiting.clear()
+        self.capacity.owe(RETRY, 0)
         for eid in unstarted:
-            self._held.pop(eid, None)
+            self._drop(eid)
         await self._release(unstarted)
         while self._running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         still_running = list(self._running)
         await cancel(self._workers)
         for eid in still_running:
-            self._held.pop(eid, None)
+            self._drop(eid)
+        # The starts of handlers cut off count: recorded before their entries go back.
+        with contextlib.suppress(*REDIS_UNAVAILABLE_ERRORS, ResponseError):
+            await asyncio.shield(self.acker.flush())
         await self._release(still_running)
         await cancel(self._keepers)
-        await asyncio.shield(self._flush_acks())
+        await asyncio.shield(self.acker.flush())
 
     async def _release(self, ids: list[str]) -> None:
         if not ids:
@@ -137,17 +153,22 @@ class Delivery:
 
     # --- intake
 
-    def free(self) -> int:
-        """How many more entries this consumer may take now."""
-        if len(self._waiting) >= self._max_waiting:
-            return 0
-        return self._max_held - (len(self._held) - len(self._waiting))
+    def held_count(self) -> int:
+        """Entries in hand (queued or running); never more than ``2 x concurrency``."""
+        return self.capacity.held_count()
 
-    def take(self, entries: list[Entry]) -> list[Entry]:
-        """Queue ``entries`` for the workers; return those not held here already."""
+    def take(self, entries: list[Entry], room: Reservation) -> list[Entry]:
+        """Queue ``entries`` for the workers against ``room``; return those taken (not held
+        here already)."""
         taken = []
         for entry in entries:
             if entry.entry_id in self._held:
+                continue
+            if not room.hold(entry.entry_id):
+                # More than was asked for: left unrenewed, it returns to the group after
+                # the lease rather than break the bound.
+                log.warning("stream_entry_over_reservation", stream=self.ctx.keys.stream,
+                            group=self.ctx.spec.group, entry_id=entry.entry_id)
                 continue
             self._held[entry.entry_id] = entry
             self._queue.put_nowait(entry)
@@ -156,31 +177,35 @@ class Delivery:
 
     async def _read(self) -> None:
         ctx = self.ctx
+        keys = [ctx.keys.stream, ctx.keys.attempts]
         # Own pending entries first (a restart with the same consumer name).
-        while not self._drained_own:
-            mine = await ctx.scripts.own_pending(
-                keys=[ctx.keys.stream], args=[ctx.spec.group, ctx.consumer, READ_BATCH]
-            )
-            entries = [e for e in entries_from_flat(mine) if e.entry_id not in self._held]
-            if not entries:
-                self._drained_own = True
-                break
-            while self.free() <= 0:
-                self._space.clear()
-                await self._space.wait()
-            self.take(entries)
+        while self._own_cursor is not None:
+            await self.capacity.wait_for_space()
+            with self.capacity.reserve(READ_BATCH) as room:
+                last, mine = await ctx.scripts.own_pending(
+                    keys=keys, args=[ctx.spec.group, ctx.consumer, self._own_cursor, room.size]
+                )
+                self.take(entries_from_flat(mine), room)
+            self._own_cursor = f"({last}" if last else None
+        idle = True
         while True:
-            free = self.free()
-            if free <= 0:
-                self._space.clear()
-                await self._space.wait()
-                continue
-            reply = await ctx.redis.xreadgroup(
-                ctx.spec.group, ctx.consumer, {ctx.keys.stream: ">"},
-                count=min(READ_BATCH, free), block=BLOCK_MS,
-            )
-            for messages in _messages_by_stream(reply):
-                self.take([Entry(eid, fields, 1) for eid, fields in messages if fields])
+            await self.capacity.wait_for_space()
+            # Idle: one read per wake-up, holding room for one entry only, so the reclaim
+            # may use the rest while this read blocks.
+            with self.capacity.reserve(1 if idle else READ_BATCH) as room:
+                reply = await ctx.redis.xreadgroup(
+                    ctx.spec.group, ctx.consumer, {ctx.keys.stream: ">"}, count=room.size,
+                    block=BLOCK_MS if idle else ACTIVE_BLOCK_MS,
+                )
+                idle = not self._take_new(reply, room)
+
+    def _take_new(self, reply: Any, room: Reservation) -> bool:
+        """Take the entries of an XREADGROUP ``>`` reply; True if there were any."""
+        got = False
+        for messages in _messages_by_stream(reply):
+            got = got or bool(messages)
+            self.take([Entry(eid, fields, 1) for eid, fields in messages if fields], room)
+        return got
 
     # --- handling
 
@@ -204,12 +229,16 @@ class Delivery:
 
     def _drop(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
-        self._space.set()
+        self.capacity.let_go(entry_id)
 
     async def _process(self, entry: Entry) -> None:
-        ctx, m = self.ctx, self.ctx.metrics
-        if entry.deliveries > ctx.max_deliveries:
-            await self._dead_letter(entry, "")
+        ctx, m, history = self.ctx, self.ctx.metrics, entry.history
+        if history.started >= ctx.max_deliveries:
+            reason, append_error = attempts.exhausted_reason(history)
+            await self._dead_letter(entry, reason, append_last_error=append_error)
+            return
+        if entry.deliveries > attempts.raw_cap(ctx.max_deliveries):
+            await self._dead_letter(entry, attempts.uncounted_reason(entry.deliveries, history))
             return
         try:
             envelope = decode(entry.fields)
@@ -228,8 +257,10 @@ class Delivery:
         event = EventContext(
             stream=ctx.spec.stream, group=ctx.spec.group, entry_id=entry.entry_id,
             envelope=envelope, payload=payload, deliveries=entry.deliveries, names=ctx.names,
+            attempts=history.attempt, reclaimed_after_crash=history.last_crashed,
         )
         self._m_deliveries.observe(entry.deliveries)
+        self.acker.started(entry)
         started = time.perf_counter()
         try:
             await ctx.spec.handler(event)
@@ -245,40 +276,58 @@ class Delivery:
             return
         self._m_handler_s.observe(time.perf_counter() - started)
         self._m_processed.inc()
-        self._acks.append(entry)
-        self._ack_ready.set()
+        self.acker.ack(entry)
         self._drop(entry.entry_id)
 
     async def _failed(self, entry: Entry, exc: Exception) -> None:
         ctx = self.ctx
         error = f"{type(exc).__name__}: {exc}"[:2000]
+        history = entry.history.started_again().failed()
         log.warning("stream_handler_failed", stream=ctx.keys.stream, group=ctx.spec.group,
-                    entry_id=entry.entry_id, deliveries=entry.deliveries, error=error)
-        if entry.deliveries >= ctx.max_deliveries:
-            await self._dead_letter(entry, error)
+                    entry_id=entry.entry_id, deliveries=entry.deliveries,
+                    attempts=history.started, error=error)
+        await self.acker.settle(entry.entry_id)
+        if history.started >= ctx.max_deliveries:
+            await self._dead_letter(entry, attempts.failed_reason(history, error),
+                                    history=history, last_error=error)
             return
-        await ctx.redis.hset(ctx.keys.errors, ctx.error_field(entry.entry_id), error)
-        due = time.monotonic() + ctx.spec.retry_delay_s(entry.deliveries)
+        field = ctx.error_field(entry.entry_id)
+        recorded = await ctx.scripts.failed(
+            keys=[ctx.keys.stream, ctx.keys.errors, ctx.keys.attempts],
+            args=[ctx.spec.group, entry.entry_id, ctx.consumer, field, error, history.encode()],
+        )
+        if not recorded:  # claimed by another consumer meanwhile
+            self._drop(entry.entry_id)
+            return
+        due = time.monotonic() + ctx.spec.retry_delay_s(history.started)
         heapq.heappush(self._waiting, (due, next(self._seq), entry.entry_id))
-        self._space.set()
+        self.capacity.to_waiting(entry.entry_id)
 
-    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+    async def _dead_letter(
+        self, entry: Entry, reason: str, *, history: History | None = None,
+        last_error: str = "", append_last_error: bool = False,
+    ) -> None:
         ctx = self.ctx
+        started = (history or entry.history).started
+        await self.acker.settle(entry.entry_id)
         moved = await ctx.scripts.deadletter(
-            keys=[ctx.keys.stream, ctx.keys.dead, ctx.keys.errors],
+            keys=[ctx.keys.stream, ctx.keys.dead, ctx.keys.errors, ctx.keys.attempts],
             args=[ctx.spec.group, entry.entry_id, ctx.consumer, reason,
-                  ctx.config.max_len, ctx.error_field(entry.entry_id)],
+                  ctx.config.max_len, ctx.error_field(entry.entry_id), started, last_error,
+                  "1" if append_last_error else ""],
         )
         if moved:
             ctx.metrics.dead_lettered.labels(*ctx.labels).inc()
             log.warning("stream_dead_lettered", stream=ctx.keys.stream, group=ctx.spec.group,
-                        entry_id=entry.entry_id, deliveries=entry.deliveries, reason=reason)
+                        entry_id=entry.entry_id, deliveries=entry.deliveries,
+                        attempts=started, reason=reason)
         self._drop(entry.entry_id)
 
     async def _defer(self, entry: Entry, defer: Defer, envelope: Envelope) -> None:
         ctx = self.ctx
+        await self.acker.settle(entry.entry_id)
         done = await ctx.scripts.defer(
-            keys=[ctx.keys.stream, ctx.keys.delayed, ctx.keys.errors],
+            keys=[ctx.keys.stream, ctx.keys.delayed, ctx.keys.errors, ctx.keys.attempts],
             args=[ctx.spec.group, entry.entry_id, ctx.consumer,
                   max(0, int(defer.delay_s * 1000)), encode_member(envelope),
                   ctx.error_field(entry.entry_id)],
@@ -287,29 +336,7 @@ class Delivery:
             ctx.metrics.deferred.labels(*ctx.labels).inc()
         self._drop(entry.entry_id)
 
-    # --- acks and leases
-
-    async def _ack(self) -> None:
-        await self._ack_ready.wait()
-        await self._flush_acks()
-
-    async def _flush_acks(self) -> None:
-        self._ack_ready.clear()
-        batch, self._acks = self._acks, []
-        if not batch:
-            return
-        ctx = self.ctx
-        try:
-            async with ctx.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(ctx.keys.stream, ctx.spec.group, *[e.entry_id for e in batch])
-                retried = [ctx.error_field(e.entry_id) for e in batch if e.deliveries > 1]
-                if retried:
-                    pipe.hdel(ctx.keys.errors, *retried)
-                await pipe.execute()
-        except BaseException:
-            self._acks = batch + self._acks  # try again next time
-            self._ack_ready.set()
-            raise
+    # --- leases
 
     async def _renew(self) -> None:
         ctx = self.ctx
@@ -328,23 +355,36 @@ class Delivery:
     # --- retries
 
     async def retry_due(self, now: float) -> None:
-        """Take again, for another delivery, the failed entries whose back-off ended by ``now``."""
-        due = []
+        """Take again, for another delivery, the failed entries whose back-off ended by ``now``
+        (as many as there is room for; the rest when there is)."""
+        due: list[tuple[float, int, str]] = []
         while self._waiting and self._waiting[0][0] <= now:
-            _, _, eid = heapq.heappop(self._waiting)
-            if eid in self._held:
-                due.append(eid)
-        if not due:
-            return
+            item = heapq.heappop(self._waiting)
+            if self.capacity.is_waiting(item[2]):
+                due.append(item)
         ctx = self.ctx
-        retaken = entries_from_flat(await ctx.scripts.retake(
-            keys=[ctx.keys.stream], args=[ctx.spec.group, ctx.consumer, *due]
-        ))
-        back = {e.entry_id for e in retaken}
-        for eid in due:
-            if eid not in back:
-                self._drop(eid)
-        for entry in retaken:
-            self._held[entry.entry_id] = entry
-            self._queue.put_nowait(entry)
+        with self.capacity.reserve(len(due), priority=RETRY) as room:
+            self.capacity.owe(RETRY, len(due) - room.size)
+            for item in due[room.size:]:
+                heapq.heappush(self._waiting, item)
+            ids = [eid for _, _, eid in due[:room.size]]
+            if not ids:
+                return
+            try:
+                retaken = entries_from_flat(await ctx.scripts.retake(
+                    keys=[ctx.keys.stream, ctx.keys.attempts],
+                    args=[ctx.spec.group, ctx.consumer, *ids],
+                ))
+            except BaseException:
+                for item in due[:room.size]:  # still waiting: try again on the next tick
+                    heapq.heappush(self._waiting, item)
+                raise
+            back = {e.entry_id for e in retaken}
+            for eid in ids:
+                if eid not in back:
+                    self._drop(eid)
+            for entry in retaken:
+                room.hold(entry.entry_id)
+                self._held[entry.entry_id] = entry
+                self._queue.put_nowait(entry)
         ctx.metrics.retried.labels(*ctx.labels).inc(len(retaken))

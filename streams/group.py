@@ -7,9 +7,10 @@ Delivery and housekeeping of a group both work from one :class:`GroupContext`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from streams.attempts import History
 from streams.config import StreamsConfig
 from streams.metrics import StreamMetrics
 from streams.names import StreamKeys, StreamNames
@@ -20,11 +21,15 @@ from streams.spec import GroupSpec
 
 @dataclass(slots=True)
 class Entry:
-    """A stream entry held by this consumer, with its delivery count."""
+    """A stream entry held by this consumer, with its raw delivery count and the started
+    attempts recorded before it was taken (read only when ``deliveries > 1``)."""
 
     entry_id: str
     fields: dict[str, str]
     deliveries: int
+    history: History = field(default_factory=History)
+    #: A start marker of this run may be in Redis: its field goes with the ack.
+    marked: bool = False
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -32,10 +37,10 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 
 
 def entries_from_flat(flat: Sequence[Any]) -> list[Entry]:
-    """The entries of a script's ``{id, fields, deliveries, ...}`` reply."""
+    """The entries of a script's ``{id, fields, deliveries, attempts marker, ...}`` reply."""
     return [
-        Entry(str(flat[i]), _pairs(flat[i + 1]), int(flat[i + 2]))
-        for i in range(0, len(flat), 3)
+        Entry(str(flat[i]), _pairs(flat[i + 1]), int(flat[i + 2]), History.parse(flat[i + 3]))
+        for i in range(0, len(flat), 4)
     ]
 
 

@@ -5,7 +5,10 @@ One loop per group and process; on every tick (``MOVE_INTERVAL_S``) it
 * drives the delivery's due retries (:meth:`Intake.retry_due`);
 * moves due deferred events from the delayed set into the stream (one script);
 * reclaims entries idle past the lease (their worker died, XAUTOCLAIM) into
-  the delivery, at most ``min(1 s, lease / 4)`` apart;
+  the delivery, at most ``min(1 s, lease / 4)`` apart, reserving the room
+  first from the delivery's one account (:mod:`streams.capacity`); with no
+  room, it counts the stranded entries (XPENDING IDLE) and has that much
+  room owed to it before new entries;
 
 and less often trims the stream (retention), removes dead consumers and
 refreshes the gauges. :func:`ensure_group` creates the group idempotently:
@@ -23,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from streams import retention
 from streams.backlog import backlog_rows
+from streams.capacity import RECLAIM, Capacity, Reservation
 from streams.group import Entry, GroupContext, entries_from_flat
 from streams.loops import cancel, forever
 
@@ -39,9 +43,10 @@ METRICS_INTERVAL_S = 5.0
 class Intake(Protocol):
     """What housekeeping needs of the group's delivery."""
 
-    def free(self) -> int: ...
+    @property
+    def capacity(self) -> Capacity: ...
 
-    def take(self, entries: list[Entry]) -> list[Entry]: ...
+    def take(self, entries: list[Entry], room: Reservation) -> list[Entry]: ...
 
     async def retry_due(self, now: float) -> None: ...
 
@@ -107,17 +112,24 @@ class Housekeeping:
             await asyncio.sleep(MOVE_INTERVAL_S)
 
     async def _reclaim(self) -> None:
-        free = self._intake.free()
-        if free <= 0:
-            return
-        ctx = self.ctx
-        cursor, flat = await ctx.scripts.reclaim(
-            keys=[ctx.keys.stream],
-            args=[ctx.spec.group, ctx.consumer, int(ctx.lease_s * 1000),
-                  self._reclaim_cursor, free],
-        )
-        self._reclaim_cursor = str(cursor)
-        taken = self._intake.take(entries_from_flat(flat))
+        ctx, capacity = self.ctx, self._intake.capacity
+        lease_ms = int(ctx.lease_s * 1000)
+        # Reserved before the await: the reader may be reading at the same time.
+        with capacity.reserve(priority=RECLAIM) as room:
+            if room.size <= 0:
+                stranded = await ctx.redis.xpending_range(
+                    ctx.keys.stream, ctx.spec.group, min="-", max="+", count=capacity.bound,
+                    idle=lease_ms,
+                )
+                capacity.owe(RECLAIM, len(stranded))
+                return
+            cursor, flat = await ctx.scripts.reclaim(
+                keys=[ctx.keys.stream, ctx.keys.attempts],
+                args=[ctx.spec.group, ctx.consumer, lease_ms, self._reclaim_cursor, room.size],
+            )
+            self._reclaim_cursor = str(cursor)
+            taken = self._intake.take(entries_from_flat(flat), room)
+            capacity.owe(RECLAIM, 0)
         if taken:
             ctx.metrics.reclaimed.labels(*ctx.labels).inc(len(taken))
             log.info("stream_reclaimed", stream=ctx.keys.stream, group=ctx.spec.group,

@@ -6,7 +6,9 @@ stream and its companions always live in one Cluster slot::
     echo:{orders}            the stream (groups hang off it)
     echo:{orders}:dead       its dead letters
     echo:{orders}:delayed    sorted set of deferred entries, score = due time (ms)
-    echo:{orders}:errors     hash entry id -> last handler error (while pending)
+    echo:{orders}:errors     hash <group>:<entry id> -> last handler error (while pending)
+    echo:{orders}:attempts   hash <group>:<entry id> -> started attempts (while pending;
+                             see :mod:`streams.attempts`)
 
 Why per-stream tags rather than one tag for everything: the dead-letter move
 (XACK on the stream + XADD to the dead letters), a deferral (XACK + ZADD) and
@@ -33,6 +35,7 @@ class StreamKeys:
     dead: str
     delayed: str
     errors: str
+    attempts: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class StreamNames:
             dead=f"{base}:dead",
             delayed=f"{base}:delayed",
             errors=f"{base}:errors",
+            attempts=f"{base}:attempts",
         )
 
     def stream(self, name: str) -> str:
@@ -62,5 +66,7 @@ class StreamNames:
 
     @staticmethod
     def error_field(group: str, entry_id: str) -> str:
-        """Field of the stream's ``errors`` hash holding an entry's last handler error."""
+        """Field of the stream's ``errors`` hash holding an entry's last handler error, and of
+        its ``attempts`` hash holding its started attempts. The Lua scripts that claim
+        entries build the same ``<group>:<entry id>``."""
         return f"{group}:{entry_id}"

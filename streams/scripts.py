@@ -18,7 +18,9 @@ def _source(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Scripts:
+    ack: Any
     deadletter: Any
+    failed: Any
     defer: Any
     move_due: Any
     renew: Any

@@ -1,8 +1,9 @@
 """What a consumer group declares (:class:`GroupSpec`) and what its handler receives.
 
 A handler is ``async def handle(ctx: EventContext) -> None``. Returning acks
-the entry; raising retries it with back-off (by delivery count) and past
-``max_deliveries`` moves it to the dead letters; raising :class:`Defer` (or
+the entry; raising retries it with back-off (by attempt) and past
+``max_deliveries`` started attempts moves it to the dead letters (an entry a
+worker took but died before starting is no attempt); raising :class:`Defer` (or
 calling ``ctx.defer(...)``) acks it and re-publishes it after a delay, which
 is not a failure. Handlers must be idempotent: an entry is redelivered when a
 worker dies between its effect and its ack; dedupe on ``ctx.idempotency_key``.
@@ -60,9 +61,17 @@ class EventContext:
     envelope: Envelope
     #: The payload parsed by the group's parser for this event type.
     payload: Any
-    #: 1 on the first delivery; grows with each retry or reclaim (not with deferral).
+    #: Raw delivery count: 1 on the first delivery; grows with each retry or reclaim (not
+    #: with deferral), also when a worker took the entry but died before starting it.
     deliveries: int
     names: StreamNames
+    #: How many times a handler was started on this entry in this group, this run included
+    #: (1 on the first run). Entries taken but never started do not count; ``max_deliveries``
+    #: applies to this. Use it, not ``deliveries``, to bound your own attempts.
+    attempts: int = 1
+    #: The previous started attempt ended with no recorded handler failure: its worker
+    #: stopped mid-way (killed, or cut off at shutdown) and the entry was reclaimed.
+    reclaimed_after_crash: bool = False
 
     @property
     def type(self) -> str:
@@ -119,5 +128,6 @@ class GroupSpec:
         return self.event_types.get(event_type)
 
     def retry_delay_s(self, deliveries: int) -> float:
-        """Back-off before the next delivery after ``deliveries`` failed ones."""
+        """Back-off before the next attempt after ``deliveries`` failed ones (the runtime
+        passes started attempts)."""
         return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, deliveries - 1)))

@@ -4,7 +4,8 @@ Run as ``python -m tests.streams_worker_proc`` with settings in the environment
 (REDIS_URL, STREAM_LEASE_S, ...). The handler of stream ``test`` / group ``g``:
 
 * counts every start in hash ``<prefix>:{test}:starts`` (field = event id),
-  and appends ``<consumer> <event id>`` to list ``<prefix>:{test}:log``;
+  and appends ``<pid> <event id> <deliveries> <attempts> <reclaimed_after_crash 0/1>``
+  to list ``<prefix>:{test}:log``;
 * sleeps ``payload["sleep_s"]`` (default 0), plus ``first_sleep_s`` on the first delivery;
 * applies its effect exactly once: HINCRBY ``<prefix>:{test}:effects`` <event id> 1,
   together with the done marker ``<prefix>:{test}:done:g:<idempotency key>`` in one
@@ -64,7 +65,8 @@ def make_spec(redis: RedisClient, prefix: str, concurrency: int) -> GroupSpec:
         event_id = ctx.envelope.id
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(f"{base}:starts", event_id, 1)
-            pipe.rpush(f"{base}:log", f"{os.getpid()} {event_id}")
+            pipe.rpush(f"{base}:log", f"{os.getpid()} {event_id} {ctx.deliveries} "
+                                      f"{ctx.attempts} {int(ctx.reclaimed_after_crash)}")
             await pipe.execute()
         sleep_s = float(ctx.payload.get("sleep_s", 0))
         if ctx.deliveries == 1:

@@ -1,28 +1,37 @@
 """confirm-upload before the object is visible: 202, then the upload-confirmation consumer decides."""
 
+# ruff: noqa: F811  (the api_support fixtures are imported, then taken as parameters)
+
 from __future__ import annotations
 
-from gateway.wiring import publisher_for, streams_config
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
 from api_support import (  # noqa: F401  (fixtures)
-    P, api_env, confirm, get_upload_url, make_client, open_conversation, post_to_s3, stream_events,
+    P,
+    api_env,
+    confirm,
+    get_upload_url,
+    make_client,
+    open_conversation,
+    post_to_s3,
+    stream_events,
 )
+from prometheus_client import CollectorRegistry
 from waiting import wait_until
+
 from config import Settings
+from events import catalogue as events
+from events.catalogue import ChunkUpload
+from gateway.wiring import publisher_for, streams_config
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from events import catalogue as events
-from events.catalogue import ChunkUpload
-from uploads.confirmation import upload_confirmation_group
-from streams.runtime import ConsumerRuntime
 from streams.names import StreamNames
 from streams.publisher import Publisher
+from streams.runtime import ConsumerRuntime
+from uploads.confirmation import upload_confirmation_group
 
 
 @pytest.fixture
@@ -242,7 +251,8 @@ async def test_an_upload_s3_refuses_to_show_fails_readably_when_the_window_is_sp
     stay ``pending_verification`` (here a real 403: the verifier's credentials are wrong)."""
     from storage.s3_client import open_s3
 
-    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1,0.1"})
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1,0.1",
+                                  "UPLOAD_VERIFY_ERROR_WINDOW_S": "1"})
     store, upload = await _pending_upload(redis, settings, finished=True)
     wrong = Settings.from_env({**api_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     async with open_s3(wrong) as refusing_s3:
@@ -255,34 +265,104 @@ async def test_an_upload_s3_refuses_to_show_fails_readably_when_the_window_is_sp
         await wait_until(failed, timeout_s=15, interval_s=0.1, message="never marked failed")
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and chunk["error"].startswith("upload could not be verified: ")
-    assert "403" in chunk["error"]
+    assert "403" in chunk["error"] and "UPLOAD_VERIFY_ERROR_WINDOW_S=1)" in chunk["error"]
     assert len(await _finalize_events(redis, upload.conversation_id)) == 1
     assert await redis.xlen("echo:{uploads}:dead") == 0
+
+
+def _verify_context(
+    spec: Any, entries: Any, *, attempts: int, deliveries: int, reclaimed: bool
+) -> Any:
+    """The handler's view of the one verify event, as the runtime would build it."""
+    from streams.envelope import decode
+    from streams.spec import EventContext
+
+    [(entry_id, fields)] = entries
+    envelope = decode(fields)
+    return EventContext(
+        stream=spec.stream, group=spec.group, entry_id=entry_id, envelope=envelope,
+        payload=ChunkUpload.from_payload(envelope.payload), deliveries=deliveries,
+        names=StreamNames("echo"), attempts=attempts, reclaimed_after_crash=reclaimed,
+    )
 
 
 async def test_a_delivery_past_the_attempts_fails_the_chunk_instead_of_dead_lettering_it(
     api_env: dict[str, str], redis: RedisClient, s3: S3Client
 ) -> None:
-    """The group's handler sees one delivery more than it retries (e.g. the worker died on
-    each): it ends the chunk itself, so a dead-lettered verify event cannot strand it."""
-    from streams.envelope import decode
-    from streams.spec import EventContext
-
+    """The group's handler sees one started attempt more than it retries (here the worker died
+    on each): it ends the chunk itself, so a dead-lettered verify event cannot strand it."""
     settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1"})
     store, upload = await _pending_upload(redis, settings, finished=True)
     spec = upload_confirmation_group(
         store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
     )
     assert spec.max_deliveries is not None
-    [(entry_id, fields)] = await redis.xrange("echo:{uploads}")
-    envelope = decode(fields)
-    ctx = EventContext(
-        stream=spec.stream, group=spec.group, entry_id=entry_id, envelope=envelope,
-        payload=ChunkUpload.from_payload(envelope.payload), deliveries=spec.max_deliveries,
-        names=StreamNames(settings.redis_key_prefix),
-    )
+    ctx = _verify_context(spec, await redis.xrange("echo:{uploads}"), reclaimed=True,
+                          attempts=spec.max_deliveries, deliveries=spec.max_deliveries)
     await spec.handler(ctx)  # the object is not there and the window is not spent: no matter
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and chunk["status"] == "failed"
-    assert chunk["error"].startswith("upload could not be verified: ")
+    assert chunk["error"] == ("upload could not be verified: the check was attempted 5 times; "
+                              "the worker stopped mid-way each time")
     assert len(await _finalize_events(redis, upload.conversation_id)) == 1
+
+
+async def test_deliveries_to_workers_that_died_before_starting_cost_no_attempt(
+    api_env: dict[str, str], redis: RedisClient, s3: S3Client
+) -> None:
+    """Many Redis deliveries, one started attempt: the check runs (and defers) as a first one."""
+    from streams.spec import Defer
+
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.1"})
+    store, upload = await _pending_upload(redis, settings, finished=True)
+    spec = upload_confirmation_group(
+        store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
+    )
+    ctx = _verify_context(spec, await redis.xrange("echo:{uploads}"), attempts=1,
+                          deliveries=10, reclaimed=False)
+    with pytest.raises(Defer):
+        await spec.handler(ctx)
+    chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+    assert chunk is not None and chunk["status"] == "pending_verification"
+
+
+async def test_s3_errors_longer_than_the_not_found_window_are_waited_out(
+    api_env: dict[str, str], redis: RedisClient, s3: S3Client, run_consumer: Any
+) -> None:
+    """S3 errors have a window of their own (``UPLOAD_VERIFY_ERROR_WINDOW_S``): more failing
+    HEADs than there are not-found checks, and the upload is still verified."""
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.05,0.05",
+                                  "UPLOAD_VERIFY_ERROR_WINDOW_S": "30"})
+    store, upload = await _pending_upload(redis, settings, finished=False)
+    await s3.put_object(Bucket=settings.s3_bucket, Key=upload.key, Body=b"audio",
+                        ContentType="audio/webm")
+    heads = FailingHeads(s3, fail=5)
+    await run_consumer(settings, s3_client=heads)
+
+    async def uploaded() -> bool:
+        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+        return chunk is not None and chunk["status"] == "uploaded"
+
+    await wait_until(uploaded, timeout_s=15, interval_s=0.1, message="never verified")
+    assert heads.heads == 6
+    assert await redis.xlen("echo:{uploads}:dead") == 0
+
+
+async def test_s3_errors_do_not_use_up_the_not_found_checks(
+    api_env: dict[str, str], redis: RedisClient, s3: S3Client, run_consumer: Any
+) -> None:
+    """After an S3 error streak, a missing object still gets every one of its checks."""
+    settings = Settings.from_env({**api_env, "UPLOAD_VERIFY_DELAYS_S": "0.05,0.05",
+                                  "UPLOAD_VERIFY_ERROR_WINDOW_S": "30"})
+    store, upload = await _pending_upload(redis, settings, finished=True)
+    heads = FailingHeads(s3, fail=3)
+    await run_consumer(settings, s3_client=heads)
+
+    async def failed() -> bool:
+        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+        return chunk is not None and chunk["status"] == "failed"
+
+    await wait_until(failed, timeout_s=15, interval_s=0.1, message="never marked failed")
+    chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+    assert chunk is not None and chunk["error"] == "upload not found"
+    assert heads.heads == 3 + 3  # the errors, then the first check and its two deferrals

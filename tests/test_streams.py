@@ -207,7 +207,9 @@ async def test_poison_event_lands_in_dead_letters_after_max_deliveries_while_oth
     assert dead["dead_id"] == poison_id
     assert dead["dead_deliveries"] == "5"
     assert dead["type"] == "poison"
-    assert dead["dead_reason"] == "ValueError: cannot digest"
+    assert dead["dead_reason"] == "handler failed 5 times: ValueError: cannot digest"
+    assert dead["dead_last_error"] == "ValueError: cannot digest"
+    assert dead["dead_attempts"] == "5"
     assert int(dead["dead_ms"]) > 0
 
 

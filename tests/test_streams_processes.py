@@ -42,13 +42,14 @@ async def r(proc_env: dict[str, str]) -> AsyncIterator[RedisClient]:
 @pytest.fixture
 def spawn(
     proc_env: dict[str, str], project_root: Path, tmp_path: Path
-) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(concurrency: int = 8) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.streams_worker_proc", "--concurrency", "8"],
+            [sys.executable, "-m", "tests.streams_worker_proc", "--concurrency",
+             str(concurrency)],
             cwd=project_root, env={**os.environ, **proc_env}, stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -179,3 +180,46 @@ async def test_apply_once_applies_the_workers_effect_once_per_marker(r: RedisCli
     assert sorted(results) == [False, False, False, False, True]
     assert await r.hget(f"{BASE}:state", "count") == "1"
     assert 0 < await r.ttl(marker)
+
+
+async def test_killed_worker_counts_a_crash_for_its_running_entry_and_nothing_for_queued_ones(
+    r: RedisClient, spawn: Callable[..., subprocess.Popen[bytes]], proc_env: dict[str, str]
+) -> None:
+    """kill -9 of a worker running one entry with another queued behind it (concurrency 1,
+    bound 2): the next worker runs the queued one as attempt 1 and the running one as
+    attempt 2, reclaimed after a crash (issue #14: taken-but-unstarted entries used to count
+    as failed deliveries)."""
+    publisher = publisher_for(r, Settings.from_env(proc_env))
+    running = Envelope("work", {"first_sleep_s": 60})
+    queued = Envelope("work", {})
+    running_entry = await publisher.publish_envelope(STREAM, running)
+    await publisher.publish_envelope(STREAM, queued)
+    a = spawn(1)
+    await wait_until(lambda: handlers_of(r, running.id), until=lambda pids: pids == [str(a.pid)],
+                     timeout_s=DEADLINE_S, message="the first worker did not start the entry")
+    await wait_until(lambda: _pending_of(r, str(a.pid)), until=lambda n: n == 2,
+                     timeout_s=DEADLINE_S, message="the first worker did not hold both")
+    await wait_until(lambda: r.hget(KEYS.attempts, f"{GROUP}:{running_entry}"),
+                     until=lambda v: v == "1 0 0", timeout_s=DEADLINE_S,
+                     message="the start was never recorded")
+    b = spawn()
+    await wait_until(lambda: _consumers(r, 2), timeout_s=DEADLINE_S)
+    a.kill()
+    a.wait()
+    await wait_until(lambda: settled(r, 2), timeout_s=DEADLINE_S)
+    runs = [line.split() for line in await r.lrange(f"{BASE}:log", 0, -1)]
+    # pid, event id, deliveries, attempts, reclaimed after a crash
+    assert sorted(runs) == sorted([
+        [str(a.pid), running.id, "1", "1", "0"],
+        [str(b.pid), running.id, "2", "2", "1"],
+        [str(b.pid), queued.id, "2", "1", "0"],
+    ])
+    assert await r.hlen(KEYS.attempts) == 0
+    assert await r.xlen(KEYS.dead) == 0
+
+
+async def _pending_of(r: RedisClient, pid: str) -> int:
+    for consumer in await r.xinfo_consumers(KEYS.stream, GROUP):
+        if str(consumer["name"]).endswith(f"-{pid}"):
+            return int(consumer["pending"])
+    return 0

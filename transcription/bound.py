@@ -3,7 +3,8 @@
 Per process an ``asyncio.Semaphore``; across the cluster the Redis-backed
 :class:`storage.permits.ClusterLimiter` (the one that bounds LLM calls) under
 keys of its own (``<prefix>:{transcription}:permits:*``), so a crashed
-worker's permit is freed after its lease and a 429 pauses every process.
+worker's permit is freed within the limiter's liveness (seconds; after its lease
+if the bound was never opened) and a 429 pauses every process.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
 
 from storage.permits import ClusterLimiter, LimiterConfig, LimiterKeys
 from storage.redis_client import RedisClient
@@ -41,6 +44,20 @@ class CallBound:
             model=model,
         )
         return cls(per_process=per_process, limiter=limiter)
+
+    async def __aenter__(self) -> Self:
+        """Start the cluster limiter's process liveness heartbeat: the owner
+        (``open_transcription``) holds the bound open while the service runs."""
+        if self._limiter is not None:
+            await self._limiter.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._limiter is not None:
+            await self._limiter.close()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -7,22 +7,33 @@ Events on the ``transcription`` stream:
   temporary file), transcribe it, store the transcript, mark ``transcribed``;
 * ``conversation.finalize`` ``{conversation_id}``: :class:`~transcription.finalization.Finalizer`.
 
-Failures: a permanent error (:mod:`transcription.errors`) marks the chunk
-``failed`` with a readable error at once. Anything else is raised, so the
-runtime retries with back-off. The group's ``max_deliveries`` is one more than
-``TRANSCRIPTION_MAX_ATTEMPTS``, so the handler always sees the last attempt
-itself: a failure on it, or a delivery beyond it (the worker died during the
-last attempt, e.g. ``kill -9``), marks the chunk ``failed`` with the last
-error instead of leaving it to the dead letters. A failed chunk is an end
-state, so one bad chunk never holds its conversation back.
+Failures, by kind (:mod:`transcription.errors`):
 
-The handler is idempotent: it acts on the chunk's status (an ended chunk is
-left alone), and a redelivery re-publishes the finalize event in case the
+* a permanent error (unusable audio) marks the chunk ``failed`` with a
+  readable error at once;
+* a transient error (S3 or the provider unreachable, 5xx, timeouts) defers
+  the event (``Defer``: acked and re-published later, holding no loop) with
+  back-off from 1 s, doubling, at most ``TRANSCRIPTION_RETRY_MAX_DELAY_S``,
+  until ``TRANSCRIPTION_RETRY_WINDOW_S`` has passed since the start of the
+  first attempt that met one (carried in the payload as ``transient_since_ms``);
+  then the chunk fails with the last error. An outage costs time, not attempts;
+* anything else (a bug) is raised, and the runtime retries it with back-off.
+  The group's ``max_deliveries`` is one more than ``TRANSCRIPTION_MAX_ATTEMPTS``
+  and counts *started* attempts (``ctx.attempts``: an entry a dying worker
+  took but never started costs nothing), so the handler always sees the last
+  attempt itself: a failure on it, or an attempt beyond it (the worker died
+  during the last one, e.g. ``kill -9``), marks the chunk ``failed`` saying
+  which it was, instead of leaving it to the dead letters.
+
+A failed chunk is an end state, so one bad chunk never holds its conversation
+back. The handler is idempotent: it acts on the chunk's status (an ended chunk
+is left alone), and a redelivery re-publishes the finalize event in case the
 first delivery died between the transition and the publish.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -33,9 +44,9 @@ from events.catalogue import ChunkUpload, FinalizeRequest
 from storage.conversations import END_STATES, ChunkNotFound, ConversationStore
 from storage.s3_client import S3Client
 from streams.publisher import Publisher
-from streams.spec import EventContext, GroupSpec
+from streams.spec import Defer, EventContext, GroupSpec
 from transcription.base import Transcriber
-from transcription.errors import PermanentTranscriptionError
+from transcription.errors import PermanentTranscriptionError, TransientTranscriptionError
 from transcription.fetch import fetched_object
 from transcription.finalization import Finalizer
 from transcription.metrics import TranscriptionMetrics
@@ -43,6 +54,41 @@ from transcription.metrics import TranscriptionMetrics
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_CHARS = 500
+#: The first wait after a transient error; it doubles with each deferral.
+RETRY_BASE_S = 1.0
+#: No shorter wait (the window's last sliver would otherwise spin).
+RETRY_MIN_S = 0.2
+#: Payload field carried by the deferrals: when the first attempt that met a transient
+#: error started (epoch ms); the retry window is measured from it.
+TRANSIENT_SINCE_FIELD = "transient_since_ms"
+
+
+def _now_ms() -> int:
+    # Wall clock, as the envelope's created_ms: deferrals move between processes.
+    return int(time.time() * 1000)
+
+
+def transient_retry_delay_s(
+    deferrals: int, *, elapsed_s: float, window_s: float, max_delay_s: float,
+    retry_after_s: float | None = None,
+) -> float | None:
+    """The wait before the next try after a transient error, or None when the window is spent.
+
+    ``deferrals``: how many times the event was deferred before; ``elapsed_s``: time since
+    the window opened. The wait never ends past the window, so the last try comes at its end.
+    """
+    remaining_s = window_s - elapsed_s
+    if remaining_s <= 0:
+        return None
+    delay_s = min(max_delay_s, RETRY_BASE_S * float(2 ** min(deferrals, 32)))
+    if retry_after_s:
+        delay_s = max(delay_s, min(retry_after_s, max_delay_s))
+    return max(RETRY_MIN_S, min(delay_s, remaining_s))
+
+
+def _since_ms(payload: dict[str, Any]) -> int | None:
+    value = payload.get(TRANSIENT_SINCE_FIELD)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 class TranscriptionHandler:
@@ -91,11 +137,10 @@ class TranscriptionHandler:
             return
         if status not in ("uploaded", "transcribing"):
             return  # still being verified: the verifier publishes again when it is uploaded
-        if ctx.deliveries > self.max_attempts:
-            last = await ctx.last_error(self._store.redis)
-            await self._fail(ctx, upload, f"transcription gave up after {self.max_attempts} "
-                             f"attempts (the worker stopped mid-way){': ' + last if last else ''}")
+        if ctx.attempts > self.max_attempts:
+            await self._fail(ctx, upload, await self._attempts_spent(ctx))
             return
+        started_ms = _now_ms()
         if status == "uploaded":
             await self._store.mark_transcribing(cid, chunk_id)
         try:
@@ -110,12 +155,16 @@ class TranscriptionHandler:
         except PermanentTranscriptionError as exc:
             await self._fail(ctx, upload, str(exc))
             return
+        except TransientTranscriptionError as exc:
+            await self._retry_later(ctx, upload, exc, started_ms)
+            return
         except Exception as exc:
-            # Transient (or unexpected): the runtime retries; on the last attempt we end the
-            # chunk ourselves so that it cannot hold the conversation back in the dead letters.
-            if ctx.deliveries >= self.max_attempts:
-                await self._fail(ctx, upload, f"transcription failed after {ctx.deliveries} "
-                                 f"attempts: {type(exc).__name__}: {exc}")
+            # Unexpected (a bug): the runtime retries; on the last attempt we end the chunk
+            # ourselves so that it cannot hold the conversation back in the dead letters.
+            if ctx.attempts >= self.max_attempts:
+                await self._fail(ctx, upload, f"transcription failed after {ctx.attempts} "
+                                 f"attempts, the last ended by a handler error: "
+                                 f"{type(exc).__name__}: {exc}")
                 return
             self._metrics.chunks.labels("retried").inc()
             raise
@@ -127,6 +176,42 @@ class TranscriptionHandler:
         log.info("chunk_transcribed", provider=result.provider, duration_s=result.duration_s,
                  chars=len(result.text))
         await self._after_end(ctx, cid, result_state.changed, result_state.finalizable)
+
+    async def _retry_later(
+        self, ctx: EventContext, upload: ChunkUpload, exc: TransientTranscriptionError,
+        started_ms: int,
+    ) -> None:
+        """Defer the event after a transient error, or fail the chunk once the window is spent."""
+        since_ms = _since_ms(ctx.envelope.payload) or started_ms
+        elapsed_s = max(0.0, (_now_ms() - since_ms) / 1000)
+        window_s = self._settings.transcription_retry_window_s
+        error = f"{type(exc).__name__}: {exc}"
+        delay_s = transient_retry_delay_s(
+            ctx.attempt, elapsed_s=elapsed_s, window_s=window_s,
+            max_delay_s=self._settings.transcription_retry_max_delay_s,
+            retry_after_s=exc.retry_after_s,
+        )
+        if delay_s is None:
+            tries = ctx.attempt + 1
+            await self._fail(ctx, upload, f"transcription gave up after transient errors for "
+                             f"{elapsed_s:.0f} s ({tries} {'try' if tries == 1 else 'tries'}, "
+                             f"TRANSCRIPTION_RETRY_WINDOW_S={window_s:g}); the last: {error}")
+            return
+        self._metrics.chunks.labels("retried").inc()
+        log.info("chunk_transcription_deferred", delay_s=round(delay_s, 3),
+                 elapsed_s=round(elapsed_s, 3), deferrals=ctx.attempt, error=error)
+        raise Defer(delay_s, {TRANSIENT_SINCE_FIELD: since_ms})
+
+    async def _attempts_spent(self, ctx: EventContext) -> str:
+        """Why the attempts ran out: workers stopping mid-way, handler errors, or both."""
+        last = await ctx.last_error(self._store.redis)
+        spent = f"transcription gave up after {self.max_attempts} attempts"
+        if not ctx.reclaimed_after_crash:
+            return f"{spent}, the last ended by a handler error: {last or '(not recorded)'}"
+        if last:
+            return (f"{spent}: the worker stopped mid-way on the last one; an earlier one "
+                    f"ended by a handler error: {last}")
+        return f"{spent}: the worker stopped mid-way each time"
 
     async def _language(self, chunk: dict[str, Any]) -> str | None:
         if self._settings.transcription_language:

@@ -2,8 +2,11 @@
 
 Permanent errors (:class:`PermanentTranscriptionError`) say the audio itself
 is unusable: the chunk becomes ``failed`` with the error's readable message
-and is not retried. Everything else (:class:`TransientTranscriptionError`,
-and any unexpected exception) is retried by the stream runtime.
+and is not retried. Transient errors (:class:`TransientTranscriptionError`:
+S3 or the provider unreachable, 5xx, timeouts) are infrastructure having a bad
+minute: the handler defers the event with back-off for up to
+``TRANSCRIPTION_RETRY_WINDOW_S`` before failing the chunk. Any other exception
+is a bug: the stream runtime retries it, ``TRANSCRIPTION_MAX_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
@@ -47,3 +50,8 @@ class TransientTranscriptionError(TranscriptionError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StorageUnavailable(TransientTranscriptionError):
+    """S3 could not serve the chunk's object: unreachable, an error answer other than
+    "not found" (5xx, throttling, refused credentials), a timeout or a broken read."""

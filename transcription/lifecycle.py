@@ -56,28 +56,30 @@ async def open_transcription(
     """
     metrics = TranscriptionMetrics(registry)
     bound = make_bound(settings, redis, metrics)
-    if transcriber is not None:
-        yield TranscriptionService(transcriber, bound, metrics)
-        return
-    if settings.transcriber == "openai":
-        async with aiohttp.ClientSession() as session:
-            yield TranscriptionService(
-                OpenAITranscriber(
-                    session, base_url=str(settings.transcriber_url),
-                    api_key=settings.transcriber_api_key.reveal(), model=settings.transcriber_model,
-                    bound=bound, metrics=metrics, timeout_s=settings.transcriber_timeout_s,
-                    retries=settings.transcriber_http_retries,
-                    retry_after_max_s=settings.transcriber_retry_after_max_s,
-                ),
-                bound, metrics,
-            )
-        return
-    async with LocalWhisperTranscriber.open(
-        model_dir=settings.whisper_model_dir, cache_dir=settings.whisper_cache_dir,
-        threads=settings.whisper_threads, cpu_threads=settings.whisper_cpu_threads,
-        bound=bound, metrics=metrics, min_duration_s=settings.transcription_min_duration_s,
-    ) as local:
-        yield TranscriptionService(local, bound, metrics)
+    async with bound:  # its process liveness heartbeat runs while the service is open
+        if transcriber is not None:
+            yield TranscriptionService(transcriber, bound, metrics)
+            return
+        if settings.transcriber == "openai":
+            async with aiohttp.ClientSession() as session:
+                yield TranscriptionService(
+                    OpenAITranscriber(
+                        session, base_url=str(settings.transcriber_url),
+                        api_key=settings.transcriber_api_key.reveal(),
+                        model=settings.transcriber_model,
+                        bound=bound, metrics=metrics, timeout_s=settings.transcriber_timeout_s,
+                        retries=settings.transcriber_http_retries,
+                        retry_after_max_s=settings.transcriber_retry_after_max_s,
+                    ),
+                    bound, metrics,
+                )
+            return
+        async with LocalWhisperTranscriber.open(
+            model_dir=settings.whisper_model_dir, cache_dir=settings.whisper_cache_dir,
+            threads=settings.whisper_threads, cpu_threads=settings.whisper_cpu_threads,
+            bound=bound, metrics=metrics, min_duration_s=settings.transcription_min_duration_s,
+        ) as local:
+            yield TranscriptionService(local, bound, metrics)
 
 
 def build_handler(

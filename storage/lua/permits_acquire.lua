@@ -1,27 +1,25 @@
 -- Take a permit of the cluster-wide semaphore, or join / keep a place in the FIFO queue.
--- KEYS: 1 holders, 2 queue, 3 heartbeats, 4 tickets, 5 pause_until
+-- Runs after permits_reap.lua (now_ms, reap).
+-- KEYS: 1 holders, 2 queue, 3 heartbeats, 4 tickets, 5 pause_until, 6 processes
 -- ARGV: 1 id, 2 limit, 3 lease_ms, 4 waiter_ttl_ms
--- Returns {granted 0|1, pause_left_ms, rank, holders, waiters, reclaimed}.
--- All times come from the Redis server clock, so process clocks never matter.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Returns {granted 0|1, pause_left_ms, rank, holders, waiters,
+--          expired_leases, dead_holders, dead_waiters, dead_processes}.
+local now = now_ms()
 local id = ARGV[1]
 local limit = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
 local ttl_ms = tonumber(ARGV[4])
 
--- Leases of crashed (or stalled) holders expire; waiters that stopped polling leave.
-local reclaimed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, w in ipairs(dead) do
-  redis.call('ZREM', KEYS[3], w)
-  redis.call('ZREM', KEYS[2], w)
+-- Dead processes' permits and places go first, then expired leases and silent waiters.
+local expired, dead_holders, dead_waiters, dead = reap(KEYS[1], KEYS[2], KEYS[3], KEYS[6], now)
+local function reply(granted, pause_left_ms, rank, holders, waiters)
+  return {granted, pause_left_ms, rank, holders, waiters, expired, dead_holders, dead_waiters, dead}
 end
 
 -- A retried acquire whose earlier reply was lost: it already holds the permit.
 if redis.call('ZSCORE', KEYS[1], id) then
   redis.call('ZADD', KEYS[1], now + lease_ms, id)
-  return {1, 0, 0, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), reclaimed}
+  return reply(1, 0, 0, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]))
 end
 
 if not redis.call('ZSCORE', KEYS[2], id) then
@@ -35,7 +33,7 @@ local rank = redis.call('ZRANK', KEYS[2], id)
 
 local pause_until = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
 if pause_until > now then
-  return {0, pause_until - now, rank, holders, waiters, reclaimed}
+  return reply(0, pause_until - now, rank, holders, waiters)
 end
 
 -- First come, first served: only the first (limit - holders) waiters may take a permit.
@@ -43,6 +41,6 @@ if rank < limit - holders then
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZADD', KEYS[1], now + lease_ms, id)
-  return {1, 0, 0, holders + 1, waiters - 1, reclaimed}
+  return reply(1, 0, 0, holders + 1, waiters - 1)
 end
-return {0, 0, rank, holders, waiters, reclaimed}
+return reply(0, 0, rank, holders, waiters)

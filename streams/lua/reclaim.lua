@@ -1,7 +1,8 @@
--- Claim entries idle past the lease (their worker died) and report their delivery counts.
--- KEYS: stream
+-- Claim entries idle past the lease (their worker died); report their delivery counts and
+-- started attempts (read here, in the claiming step: no extra round trip, no race).
+-- KEYS: stream, attempts hash
 -- ARGV: group, consumer, min idle ms, cursor, count
--- Returns {next cursor, {id, fields, deliveries, ...}}
+-- Returns {next cursor, {id, fields, deliveries, attempts marker ('' if none), ...}}
 local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 local out = {}
 for _, entry in ipairs(res[2]) do
@@ -12,6 +13,7 @@ for _, entry in ipairs(res[2]) do
     table.insert(out, entry[1])
     table.insert(out, entry[2])
     table.insert(out, deliveries)
+    table.insert(out, redis.call('HGET', KEYS[2], ARGV[1] .. ':' .. entry[1]) or '')
   end
 end
 return {res[1], out}

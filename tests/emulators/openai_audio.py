@@ -5,17 +5,20 @@ name, ``model``, optional ``language`` and ``response_format``), checks the
 ``Authorization: Bearer`` key (401 otherwise, with OpenAI's error shape), and
 answers from a script: each queued :class:`Reply` is used by the next request
 (429 with ``Retry-After``, 500, a 400 for unusable audio...); when the
-script is empty it answers 200 ``{"text": responder(file bytes)}``.
+script is empty it answers 200 ``{"text": responder(file bytes)}``, after
+``latency_s`` (the real service takes a while to listen to the file, so a
+worker can die while its call is in flight).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.test_utils import TestServer
 
 Responder = Callable[[bytes], str]
@@ -42,8 +45,12 @@ class Received:
 
 
 class OpenAIAudioEmulator:
-    def __init__(self, *, api_key: str = "sk-test", responder: Responder | None = None) -> None:
+    def __init__(
+        self, *, api_key: str = "sk-test", responder: Responder | None = None,
+        latency_s: float = 0.0,
+    ) -> None:
         self.api_key = api_key
+        self.latency_s = latency_s
         self.responder = responder or (lambda data: f"heard {len(data)} bytes")
         self.script: list[Reply] = []
         self.received: list[Received] = []
@@ -81,12 +88,14 @@ class OpenAIAudioEmulator:
         filename = content_type = None
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart is no form field
             if part.name == "file":
-                filename = part.filename  # type: ignore[union-attr]
+                filename = part.filename
                 content_type = part.headers.get("Content-Type")
-                data = await part.read()  # type: ignore[union-attr]
+                data = await part.read()
             elif part.name:
-                form[part.name] = (await part.read()).decode()  # type: ignore[union-attr]
+                form[part.name] = (await part.read()).decode()
         status, response = 200, None
         if "model" not in form or not filename:
             status, response = 400, self._error(400, "file and model are required",
@@ -107,4 +116,6 @@ class OpenAIAudioEmulator:
         ))
         if response is not None:
             return response
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         return web.json_response({"text": self.responder(data)})

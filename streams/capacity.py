@@ -1,0 +1,136 @@
+"""One account of the entries a consumer holds, shared by every path that takes entries.
+
+The reader (``XREADGROUP``), the reclaim (``XAUTOCLAIM``), the own-pending pass
+at start and the retry of failed entries all take entries from Redis. Each one
+*reserves* room here before it awaits Redis, holds what came against that
+reservation and gives the rest back when it leaves the ``with`` block. Two
+paths that each measured the free room and then both awaited would each fill
+it: workers of the fault-injection run held twice their bound (issue #14).
+
+Counted against the bound: entries in hand (queued or running) and open
+reservations. Entries waiting out a retry back-off are counted apart (a failing
+dependency must not stop the intake of other work) and have their own cap.
+
+Older work comes first when room is short: a due retry, then an entry stranded
+by a dead worker, then a new entry (:data:`RETRY` > :data:`RECLAIM` >
+:data:`INTAKE`). Room a path could not get is *owed* to it (:meth:`Capacity.owe`)
+and withheld from lower ones until it gets it, so a busy reader cannot starve
+the reclaim, nor new work the retries; a retry also ignores the waiting cap,
+which would otherwise lock the intake out for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+#: Who asks for room, lowest priority first.
+INTAKE, RECLAIM, RETRY = 0, 1, 2
+
+
+class Reservation:
+    """Room reserved for entries that a Redis call in flight may bring."""
+
+    def __init__(self, capacity: Capacity, size: int) -> None:
+        self._capacity = capacity
+        #: How many entries were reserved (ask Redis for no more).
+        self.size = size
+        self._left = size
+
+    def hold(self, entry_id: str) -> bool:
+        """Count ``entry_id`` in hand against this reservation; False once it is used up."""
+        if self._capacity.is_in_hand(entry_id):
+            return True
+        if self._left <= 0:
+            return False
+        self._left -= 1
+        self._capacity._hold(entry_id)
+        return True
+
+    def close(self) -> None:
+        """Give back what was not used."""
+        left, self._left = self._left, 0
+        self._capacity._unreserve(left)
+
+
+class Capacity:
+    """Entries in hand plus open reservations never exceed ``bound``; no room is offered to
+    the intake while ``max_waiting`` entries wait for a retry."""
+
+    def __init__(self, bound: int, max_waiting: int) -> None:
+        self.bound = bound
+        self.max_waiting = max_waiting
+        self._in_hand: set[str] = set()
+        self._waiting: set[str] = set()
+        self._reserved = 0
+        self._owed = [0, 0, 0]  # by priority
+        self._space = asyncio.Event()
+
+    def held_count(self) -> int:
+        """Entries in hand: queued for a worker or running."""
+        return len(self._in_hand)
+
+    def waiting_count(self) -> int:
+        """Entries owned but waiting out a retry back-off."""
+        return len(self._waiting)
+
+    def is_in_hand(self, entry_id: str) -> bool:
+        return entry_id in self._in_hand
+
+    def is_waiting(self, entry_id: str) -> bool:
+        return entry_id in self._waiting
+
+    def available(self, priority: int = INTAKE) -> int:
+        """How much room a new reservation at ``priority`` would get now."""
+        if priority < RETRY and len(self._waiting) >= self.max_waiting:
+            return 0
+        room = self.bound - len(self._in_hand) - self._reserved
+        return max(0, room - sum(self._owed[priority + 1:]))
+
+    def owe(self, priority: int, n: int) -> None:
+        """``n`` entries at ``priority`` found no room: withhold that much from lower ones."""
+        if n < self._owed[priority]:
+            self._space.set()
+        self._owed[priority] = max(0, n)
+
+    @contextlib.contextmanager
+    def reserve(self, n: int | None = None, *, priority: int = INTAKE) -> Iterator[Reservation]:
+        """Reserve room for up to ``n`` entries (all there is when None), synchronously: hold
+        what arrives with ``Reservation.hold``; the rest is given back on leaving, error or not."""
+        available = self.available(priority)
+        size = available if n is None else max(0, min(n, available))
+        self._reserved += size
+        reservation = Reservation(self, size)
+        try:
+            yield reservation
+        finally:
+            reservation.close()
+
+    async def wait_for_space(self, priority: int = INTAKE) -> None:
+        """Return once a reservation at ``priority`` would get room."""
+        while self.available(priority) <= 0:
+            self._space.clear()
+            await self._space.wait()
+
+    def to_waiting(self, entry_id: str) -> None:
+        """``entry_id`` failed and waits for its retry: it frees its room in hand."""
+        self._in_hand.discard(entry_id)
+        self._waiting.add(entry_id)
+        self._space.set()
+
+    def let_go(self, entry_id: str) -> None:
+        """``entry_id`` is no longer held (done, dead-lettered, deferred, lost, released)."""
+        self._in_hand.discard(entry_id)
+        self._waiting.discard(entry_id)
+        self._space.set()
+
+    def _hold(self, entry_id: str) -> None:
+        self._reserved -= 1
+        self._waiting.discard(entry_id)
+        self._in_hand.add(entry_id)
+
+    def _unreserve(self, n: int) -> None:
+        if n:
+            self._reserved -= n
+            self._space.set()
