@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from gateway.wiring import publisher_for, streams_config
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
-
-from api_support import (  # noqa: F401  (fixtures)
-    P, api_env, confirm, get_upload_url, make_client, open_conversation, post_to_s3, stream_events,
+from api_support import (
+    ApiClient,
+    MakeClient,
+    P,
+    confirm,
+    get_upload_url,
+    open_conversation,
+    post_to_s3,
+    stream_events,
 )
+from prometheus_client import CollectorRegistry
+from streams_support import read_stream
 from waiting import wait_until
+
 from config import Settings
+from events import catalogue as events
+from events.catalogue import ChunkUpload
+from gateway.wiring import publisher_for, streams_config
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
-from events import catalogue as events
-from events.catalogue import ChunkUpload
-from uploads.confirmation import upload_confirmation_group
-from streams.runtime import ConsumerRuntime
 from streams.names import StreamNames
 from streams.publisher import Publisher
+from streams.runtime import ConsumerRuntime
+from uploads.confirmation import upload_confirmation_group
 
 
 @pytest.fixture
@@ -51,14 +59,14 @@ async def run_consumer(redis: RedisClient, s3: S3Client) -> AsyncIterator[Any]:
         await runtime.stop(grace_s=2)
 
 
-async def _chunk_status(client: Any, pid: str, cid: str) -> list[tuple[str, str | None]]:
+async def _chunk_status(client: ApiClient, pid: str, cid: str) -> list[tuple[str, str | None]]:
     chunks = await (await client.get(f"{P}/projects/{pid}/conversations/{cid}/chunks")).json()
     return [(c["status"], c["error"]) for c in chunks]
 
 
 @pytest.mark.slow
 async def test_confirm_before_the_object_exists_is_202_then_the_consumer_verifies_it(
-    make_client: Any, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+    make_client: MakeClient, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
 ) -> None:
     client = await make_client(UPLOAD_CONFIRM_WAIT_S="0.2")
     project, conversation = await open_conversation(client)
@@ -96,7 +104,7 @@ async def test_confirm_before_the_object_exists_is_202_then_the_consumer_verifie
 
 @pytest.mark.slow
 async def test_an_upload_that_never_appears_is_marked_failed_when_the_window_is_spent(
-    make_client: Any, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+    make_client: MakeClient, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
 ) -> None:
     client = await make_client(UPLOAD_CONFIRM_WAIT_S="0.1")
     project, conversation = await open_conversation(client)
@@ -123,11 +131,11 @@ def test_the_default_verification_window_is_at_least_30_seconds() -> None:
     assert delays == (1.0, 2.0, 4.0, 8.0, 15.0) and sum(delays) >= 30
 
 
-async def test_the_registry_factory_builds_the_group_from_the_app(make_client: Any) -> None:
+async def test_the_registry_factory_builds_the_group_from_the_app(make_client: MakeClient) -> None:
     from gateway.groups import upload_confirmation_spec
 
     client = await make_client()
-    spec = upload_confirmation_spec(client.server.app)
+    spec = upload_confirmation_spec(client.app)
     assert (spec.stream, spec.group) == (events.UPLOADS, events.UPLOAD_CONFIRMATION_GROUP)
     assert set(spec.event_types) == {events.UPLOAD_VERIFY.name}
 
@@ -274,7 +282,7 @@ async def test_a_delivery_past_the_attempts_fails_the_chunk_instead_of_dead_lett
         store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
     )
     assert spec.max_deliveries is not None
-    [(entry_id, fields)] = await redis.xrange("echo:{uploads}")
+    [(entry_id, fields)] = await read_stream(redis, "echo:{uploads}")
     envelope = decode(fields)
     ctx = EventContext(
         stream=spec.stream, group=spec.group, entry_id=entry_id, envelope=envelope,

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 from emulators.anthropic import AnthropicEmulator, keyword_responder
@@ -152,7 +153,9 @@ async def test_a_killed_holder_frees_its_permit_within_one_lease(
     ) as (_job_id, procs):
         async with asyncio.timeout(30):
             await emulator.request_arrived.wait()
-        (holder, expiry_ms), = await redis.zrange(keys.holders, 0, -1, withscores=True)
+        (holder, expiry_ms), = cast(
+            list[tuple[str, float]], await redis.zrange(keys.holders, 0, -1, withscores=True)
+        )
         assert f":{procs[0].pid}:" in holder
         procs[0].send_signal(signal.SIGKILL)
         seconds, micros = await redis.time()

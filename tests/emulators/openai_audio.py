@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.test_utils import TestServer
 
 Responder = Callable[[bytes], str]
@@ -81,12 +81,14 @@ class OpenAIAudioEmulator:
         filename = content_type = None
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):  # a nested multipart: not a form field
+                return self._error(400, "Unexpected nested multipart", "invalid_request_error")
             if part.name == "file":
-                filename = part.filename  # type: ignore[union-attr]
+                filename = part.filename
                 content_type = part.headers.get("Content-Type")
-                data = await part.read()  # type: ignore[union-attr]
+                data = await part.read()
             elif part.name:
-                form[part.name] = (await part.read()).decode()  # type: ignore[union-attr]
+                form[part.name] = (await part.read()).decode()
         status, response = 200, None
         if "model" not in form or not filename:
             status, response = 400, self._error(400, "file and model are required",
