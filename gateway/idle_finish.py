@@ -18,7 +18,9 @@ from aiohttp import web
 from events import catalogue as events
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
+from storage.conversations import ConversationStore
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
+from streams.publisher import Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -29,10 +31,11 @@ def idle_sweep_interval_s(idle_finish_after_s: float) -> float:
     return max(1.0, min(30.0, idle_finish_after_s / 10))
 
 
-async def sweep_idle_once(services: ApiServices) -> int:
-    """Finish the conversations idle for ``IDLE_FINISH_AFTER_S``; returns how many."""
-    idle_finish_after_s = services.settings.idle_finish_after_s
-    finished = await services.store.finish_idle(
+async def sweep_idle_once(
+    store: ConversationStore, publisher: Publisher, idle_finish_after_s: float
+) -> int:
+    """Finish the conversations idle for ``idle_finish_after_s``; returns how many."""
+    finished = await store.finish_idle(
         idle_finish_after_s, batch=IDLE_SWEEP_BATCH,
         retry_s=idle_sweep_interval_s(idle_finish_after_s),
     )
@@ -41,19 +44,19 @@ async def sweep_idle_once(services: ApiServices) -> int:
             log.info("conversation_finished_idle", conversation_id=conversation_id)
         if result.finalizable:
             await events.publish(
-                services.publisher, events.CONVERSATION_FINALIZE,
-                events.FinalizeRequest(conversation_id),
+                publisher, events.CONVERSATION_FINALIZE, events.FinalizeRequest(conversation_id)
             )
         # Only once its event is stored: if the publish failed, a later sweep takes it again.
-        await services.store.forget_idle(conversation_id)
+        await store.forget_idle(conversation_id)
     return sum(result.changed for _, result in finished)
 
 
 async def idle_finish_loop(services: ApiServices, stop: asyncio.Event) -> None:
-    interval_s = idle_sweep_interval_s(services.settings.idle_finish_after_s)
+    idle_finish_after_s = services.settings.idle_finish_after_s
+    interval_s = idle_sweep_interval_s(idle_finish_after_s)
     while not stop.is_set():
         try:
-            await sweep_idle_once(services)
+            await sweep_idle_once(services.store, services.publisher, idle_finish_after_s)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             log.warning("idle_sweep_failed", error=str(exc))
         except Exception:

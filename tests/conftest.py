@@ -23,7 +23,11 @@ from storage.s3_client import S3Client, ensure_bucket, open_s3
 
 # per_test_timeout (tests/per_test_timeout.py): a hung async test fails alone.
 # pytester: test_per_test_timeout.py runs small pytest sessions to prove it.
-pytest_plugins = ["pytester", "per_test_timeout"]
+# streams_support, api_support: the fixtures of the streams tests and of the API tests,
+# registered once here so test modules import only their helpers. streams_support comes
+# first: api_support imports it, and a module imported before its registration misses
+# pytest's assertion rewriting.
+pytest_plugins = ["pytester", "per_test_timeout", "streams_support", "api_support"]
 
 # Tests that start real processes must not inherit the developer's configuration.
 for _name in list(os.environ):

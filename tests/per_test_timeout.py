@@ -118,6 +118,7 @@ def _add_deadlines(runner: asyncio.Runner, config: pytest.Config) -> None:
         what = f"the {phase} of {item.nodeid}"
         return run(_with_deadline(coro, timeout_s, what), context=context)
 
+    # Patched on this one runner object: pytest-asyncio offers no hook around ``run``.
     runner.run = run_with_deadline  # type: ignore[method-assign]
 
 

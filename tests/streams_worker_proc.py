@@ -49,7 +49,7 @@ async def apply_once(
                 await pipe.watch(marker)
                 if await pipe.exists(marker):
                     return False
-                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 effect(pipe)
                 pipe.set(marker, "1", ex=ttl_s)
                 await pipe.execute()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from api_support import (  # noqa: F401  (fixtures)
-    HOST_HEADERS, P, api_env, client, create_project, initiate, make_client, new_id,
-)
+from api_support import HOST_HEADERS, ApiClient, P, create_project, initiate, new_id
 
 H = "/api/host"
 
 
-async def test_every_host_route_is_401_without_the_token(client: Any) -> None:
+async def test_every_host_route_is_401_without_the_token(client: ApiClient) -> None:
     pid = new_id()
     for method, path in [("GET", f"{H}/projects"), ("POST", f"{H}/projects"),
                          ("GET", f"{H}/projects/{pid}"), ("PATCH", f"{H}/projects/{pid}"),
@@ -23,7 +19,7 @@ async def test_every_host_route_is_401_without_the_token(client: Any) -> None:
             assert isinstance((await resp.json())["detail"], str)
 
 
-async def test_projects_are_created_read_and_updated(client: Any) -> None:
+async def test_projects_are_created_read_and_updated(client: ApiClient) -> None:
     project = await create_project(client, is_get_reply_enabled=True)
     pid = project["id"]
     assert project["language"] == "en" and project["is_get_reply_enabled"] is True
@@ -50,7 +46,7 @@ async def test_projects_are_created_read_and_updated(client: Any) -> None:
     assert resp.status == 404
 
 
-async def test_a_projects_conversations_and_one_conversation_with_chunks(client: Any) -> None:
+async def test_a_projects_conversations_and_one_conversation_with_chunks(client: ApiClient) -> None:
     project = await create_project(client)
     pid = project["id"]
     first = await initiate(client, pid, name="Alice")

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from api_support import api_env, build_app, client, make_client  # noqa: F401  (fixtures)
+from api_support import ApiClient, build_app
+
 from config import Settings
 
 
 def _app_operations(settings: Settings) -> set[tuple[str, str]]:
     app = build_app(settings)
-    ops = set()
+    ops: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method in ("HEAD", "OPTIONS", "*"):
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
+        assert isinstance(path, str), f"{route} has no path"
         ops.add((route.method.lower(), path))
     return ops
 
 
-async def test_the_document_and_the_router_agree(client: Any, api_env: dict[str, str]) -> None:
+async def test_the_document_and_the_router_agree(client: ApiClient, api_env: dict[str, str]) -> None:
     resp = await client.get("/api/openapi.json")
     assert resp.status == 200
     document = await resp.json()
@@ -32,7 +33,7 @@ async def test_the_document_and_the_router_agree(client: Any, api_env: dict[str,
     assert described - served == set(), "documented routes the app does not serve"
 
 
-async def test_every_operation_has_responses_and_declares_its_path_parameters(client: Any) -> None:
+async def test_every_operation_has_responses_and_declares_its_path_parameters(client: ApiClient) -> None:
     document = await (await client.get("/api/openapi.json")).json()
     schemas = document["components"]["schemas"]
     text = str(document)

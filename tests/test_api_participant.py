@@ -6,16 +6,28 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from api_support import (  # noqa: F401  (fixtures)
-    ORIGIN, P, api_env, client, confirm, create_project, get_upload_url, initiate, make_client,
-    new_id, open_conversation, post_to_s3, stream_events,
+from api_support import (
+    HOST_HEADERS,
+    ORIGIN,
+    ApiClient,
+    MakeClient,
+    P,
+    confirm,
+    create_project,
+    get_upload_url,
+    initiate,
+    new_id,
+    open_conversation,
+    post_to_s3,
+    stream_events,
 )
 from waiting import wait_until
+
 from storage.redis_client import RedisClient
+from storage.s3_client import S3Client
 
 
-async def test_the_portal_flow_from_project_to_finish(client: Any, redis: RedisClient) -> None:
+async def test_the_portal_flow_from_project_to_finish(client: ApiClient, redis: RedisClient) -> None:
     project = await create_project(client, default_conversation_title="Say hi")
     pid = project["id"]
 
@@ -37,9 +49,10 @@ async def test_the_portal_flow_from_project_to_finish(client: Any, redis: RedisC
 
     resp = await client.post(f"{P}/conversations/{cid}/check-s3")
     probe_url = (await resp.json())["probe_url"]
-    async with aiohttp.ClientSession() as http:
-        async with http.put(probe_url, data=b"probe", headers={"Content-Type": "text/plain"}) as put:
-            assert put.status == 200
+    async with aiohttp.ClientSession() as http, http.put(
+        probe_url, data=b"probe", headers={"Content-Type": "text/plain"}
+    ) as put:
+        assert put.status == 200
 
     grant = await get_upload_url(client, cid, filename="../../etc/passwd recording.webm")
     assert set(grant) >= {"chunk_id", "upload_url", "fields", "file_url"}
@@ -74,7 +87,7 @@ async def test_the_portal_flow_from_project_to_finish(client: Any, redis: RedisC
     assert conv["summary"] is None
 
 
-async def test_s3_itself_refuses_what_the_presigned_post_does_not_allow(make_client: Any) -> None:
+async def test_s3_itself_refuses_what_the_presigned_post_does_not_allow(make_client: MakeClient) -> None:
     client = await make_client(UPLOAD_MAX_BYTES="1024")
     _, conversation = await open_conversation(client)
     cid = conversation["id"]
@@ -94,7 +107,7 @@ async def test_s3_itself_refuses_what_the_presigned_post_does_not_allow(make_cli
     assert (await post_to_s3(grant, b"x" * 10, fields=other_key)).status == 403
 
 
-async def test_s3_refuses_an_expired_upload_url(make_client: Any) -> None:
+async def test_s3_refuses_an_expired_upload_url(make_client: MakeClient) -> None:
     import asyncio
 
     client = await make_client(UPLOAD_URL_EXPIRES_S="1")
@@ -103,14 +116,15 @@ async def test_s3_refuses_an_expired_upload_url(make_client: Any) -> None:
     await asyncio.sleep(2.5)  # the behaviour under test: the 1 s URL expires meanwhile
 
     async def refused() -> bool:
-        return (await post_to_s3(grant, b"x" * 10)).status == 403
+        response: aiohttp.ClientResponse = await post_to_s3(grant, b"x" * 10)
+        return response.status == 403
 
     await wait_until(refused, timeout_s=27.5, interval_s=0.5,
                      message="S3 still takes the expired upload URL")
 
 
 async def test_the_41st_upload_url_in_a_minute_is_a_429_with_retry_after(
-    client: Any, redis: RedisClient
+    client: ApiClient, redis: RedisClient
 ) -> None:
     _, conversation = await open_conversation(client)
     cid = conversation["id"]
@@ -134,7 +148,7 @@ async def test_the_41st_upload_url_in_a_minute_is_a_429_with_retry_after(
     await get_upload_url(client, other["id"])
 
 
-async def test_confirming_twice_makes_one_chunk(client: Any, redis: RedisClient) -> None:
+async def test_confirming_twice_makes_one_chunk(client: ApiClient, redis: RedisClient) -> None:
     project, conversation = await open_conversation(client)
     cid = conversation["id"]
     grant = await get_upload_url(client, cid)
@@ -146,7 +160,7 @@ async def test_confirming_twice_makes_one_chunk(client: Any, redis: RedisClient)
     assert [c["id"] for c in chunks] == [grant["chunk_id"]]
 
 
-async def test_an_upload_landing_after_finish_is_kept(client: Any) -> None:
+async def test_an_upload_landing_after_finish_is_kept(client: ApiClient) -> None:
     """The last chunk's upload may finish after the participant pressed finish."""
     project, conversation = await open_conversation(client)
     cid = conversation["id"]
@@ -158,7 +172,7 @@ async def test_an_upload_landing_after_finish_is_kept(client: Any) -> None:
     assert [c["id"] for c in chunks] == [grant["chunk_id"]]
 
 
-async def test_a_key_of_another_conversation_is_a_400(client: Any) -> None:
+async def test_a_key_of_another_conversation_is_a_400(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     other = await initiate(client, project["id"])
     mine = await get_upload_url(client, conversation["id"])
@@ -172,9 +186,7 @@ async def test_a_key_of_another_conversation_is_a_400(client: Any) -> None:
     assert resp.status == 400
 
 
-async def test_a_closed_project_refuses_writes_with_403_but_stays_readable(client: Any) -> None:
-    from api_support import HOST_HEADERS
-
+async def test_a_closed_project_refuses_writes_with_403_but_stays_readable(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     pid, cid = project["id"], conversation["id"]
     grant = await get_upload_url(client, cid)
@@ -199,7 +211,7 @@ async def test_a_closed_project_refuses_writes_with_403_but_stays_readable(clien
     assert (await client.get(f"{P}/projects/{pid}/conversations/{cid}/chunks")).status == 200
 
 
-async def test_unknown_ids_are_404(client: Any) -> None:
+async def test_unknown_ids_are_404(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     pid, cid = project["id"], conversation["id"]
     other_project = await create_project(client)
@@ -231,7 +243,7 @@ async def test_unknown_ids_are_404(client: Any) -> None:
         assert isinstance((await resp.json())["detail"], str)
 
 
-async def test_upload_text_is_deduplicated_by_content_and_timestamp(client: Any) -> None:
+async def test_upload_text_is_deduplicated_by_content_and_timestamp(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     cid = conversation["id"]
     body = {"timestamp": "2026-01-01T10:00:00Z", "content": "I think the park needs benches."}
@@ -247,7 +259,7 @@ async def test_upload_text_is_deduplicated_by_content_and_timestamp(client: Any)
     assert {c["status"] for c in chunks} == {"transcribed"}
 
 
-async def test_a_chunk_can_be_deleted_once(client: Any) -> None:
+async def test_a_chunk_can_be_deleted_once(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     pid, cid = project["id"], conversation["id"]
     chunk = await (await client.post(f"{P}/conversations/{cid}/upload-text", json={
@@ -258,7 +270,7 @@ async def test_a_chunk_can_be_deleted_once(client: Any) -> None:
     assert resp.status == 404
 
 
-async def test_pings_are_ok_and_ignore_bad_telemetry(client: Any, redis: RedisClient) -> None:
+async def test_pings_are_ok_and_ignore_bad_telemetry(client: ApiClient, redis: RedisClient) -> None:
     project, conversation = await open_conversation(client)
     cid = conversation["id"]
     for body in ({"state": "recording", "audio_level": 0.4}, {"state": ["weird"]}, None):
@@ -272,7 +284,7 @@ async def test_pings_are_ok_and_ignore_bad_telemetry(client: Any, redis: RedisCl
     assert 0 < await redis.ttl(f"echo:{{c:{cid}}}:ping") <= 120
 
 
-async def test_content_type_must_be_audio(client: Any) -> None:
+async def test_content_type_must_be_audio(client: ApiClient) -> None:
     _, conversation = await open_conversation(client)
     cid = conversation["id"]
     for ok in ("audio/webm", "audio/webm;codecs=opus", "audio/ogg; codecs=\"opus\"", "video/mp4", "audio/wav"):
@@ -283,14 +295,14 @@ async def test_content_type_must_be_audio(client: Any) -> None:
         assert resp.status == 400, bad
 
 
-async def test_a_conversation_id_in_the_body_must_match_the_path(client: Any) -> None:
+async def test_a_conversation_id_in_the_body_must_match_the_path(client: ApiClient) -> None:
     _, conversation = await open_conversation(client)
     resp = await client.post(f"{P}/conversations/{conversation['id']}/get-upload-url", json={
         "filename": "a.webm", "content_type": "audio/webm", "conversation_id": new_id()})
     assert resp.status == 400
 
 
-async def test_unknown_tags_are_400(client: Any) -> None:
+async def test_unknown_tags_are_400(client: ApiClient) -> None:
     project = await create_project(client)
     resp = await client.post(f"{P}/projects/{project['id']}/conversations/initiate",
                              json={"name": "A", "tag_id_list": [new_id()]})
@@ -298,7 +310,7 @@ async def test_unknown_tags_are_400(client: Any) -> None:
 
 
 @pytest.mark.slow
-async def test_an_idle_conversation_is_finished_automatically(make_client: Any) -> None:
+async def test_an_idle_conversation_is_finished_automatically(make_client: MakeClient) -> None:
     client = await make_client(IDLE_FINISH_AFTER_S="1")
     project, conversation = await open_conversation(client)
     url = f"{P}/projects/{project['id']}/conversations/{conversation['id']}"
@@ -311,13 +323,16 @@ async def test_an_idle_conversation_is_finished_automatically(make_client: Any) 
     assert (await view())["finish_reason"] == "idle"
 
 
-async def test_conversation_starts_are_limited_per_client_ip(make_client: Any) -> None:
+async def test_conversation_starts_are_limited_per_client_ip(make_client: MakeClient) -> None:
     client = await make_client(INITIATE_LIMIT_PER_WINDOW="2", TRUSTED_PROXY_HOPS="1")
     project = await create_project(client)
     url = f"{P}/projects/{project['id']}/conversations/initiate"
 
-    async def start(ip: str) -> Any:
-        return await client.post(url, json={"name": "x"}, headers={"X-Forwarded-For": f"6.6.6.6, {ip}"})
+    async def start(ip: str) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await client.post(
+            url, json={"name": "x"}, headers={"X-Forwarded-For": f"6.6.6.6, {ip}"}
+        )
+        return response
 
     assert [(await start("10.0.0.1")).status for _ in range(3)] == [200, 200, 429]
     assert (await start("10.0.0.2")).status == 200
@@ -327,15 +342,18 @@ async def test_conversation_starts_are_limited_per_client_ip(make_client: Any) -
 
 
 async def test_the_idle_sweeper_logs_an_unexpected_error_and_keeps_sweeping(
-    redis: RedisClient, api_env: dict[str, str]
+    redis: RedisClient, s3: S3Client, api_env: dict[str, str]
 ) -> None:
     import asyncio
-    from types import SimpleNamespace
+    import dataclasses
 
+    from prometheus_client import CollectorRegistry
     from structlog.testing import capture_logs
 
     from config import Settings
+    from gateway.api_services import ApiServices
     from gateway.idle_finish import idle_finish_loop
+    from gateway.wiring import publisher_for
     from storage.conversations import ConversationStore
 
     class BrokenOnce(ConversationStore):
@@ -349,10 +367,14 @@ async def test_the_idle_sweeper_logs_an_unexpected_error_and_keeps_sweeping(
 
     settings = Settings.from_env({**api_env, "IDLE_FINISH_AFTER_S": "1"})
     store = BrokenOnce(redis, key_prefix=settings.redis_key_prefix)
-    services = SimpleNamespace(settings=settings, store=store, publisher=None)
+    services = dataclasses.replace(
+        ApiServices.build(settings, redis, s3, s3, CollectorRegistry(),
+                          publisher_for(redis, settings)),
+        store=store,
+    )
     stop = asyncio.Event()
     with capture_logs() as logs:
-        task = asyncio.create_task(idle_finish_loop(services, stop))  # type: ignore[arg-type]
+        task = asyncio.create_task(idle_finish_loop(services, stop))
         await wait_until(lambda: store.sweeps >= 2 or task.done(), timeout_s=10,
                          message="the sweeper did not sweep twice")
         assert store.sweeps >= 2, "the sweeper stopped"

@@ -1,6 +1,6 @@
 """confirm-upload before the object is visible: 202, then the upload-confirmation consumer decides."""
 
-# ruff: noqa: F811  (the api_support fixtures are imported, then taken as parameters)
+
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from api_support import (  # noqa: F401  (fixtures)
+from api_support import (
+    ApiClient,
+    MakeClient,
     P,
-    api_env,
     confirm,
     get_upload_url,
-    make_client,
     open_conversation,
     post_to_s3,
     stream_events,
 )
 from prometheus_client import CollectorRegistry
+from streams_support import read_stream
 from waiting import wait_until
 
 from config import Settings
@@ -60,14 +61,14 @@ async def run_consumer(redis: RedisClient, s3: S3Client) -> AsyncIterator[Any]:
         await runtime.stop(grace_s=2)
 
 
-async def _chunk_status(client: Any, pid: str, cid: str) -> list[tuple[str, str | None]]:
+async def _chunk_status(client: ApiClient, pid: str, cid: str) -> list[tuple[str, str | None]]:
     chunks = await (await client.get(f"{P}/projects/{pid}/conversations/{cid}/chunks")).json()
     return [(c["status"], c["error"]) for c in chunks]
 
 
 @pytest.mark.slow
 async def test_confirm_before_the_object_exists_is_202_then_the_consumer_verifies_it(
-    make_client: Any, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+    make_client: MakeClient, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
 ) -> None:
     client = await make_client(UPLOAD_CONFIRM_WAIT_S="0.2")
     project, conversation = await open_conversation(client)
@@ -105,7 +106,7 @@ async def test_confirm_before_the_object_exists_is_202_then_the_consumer_verifie
 
 @pytest.mark.slow
 async def test_an_upload_that_never_appears_is_marked_failed_when_the_window_is_spent(
-    make_client: Any, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
+    make_client: MakeClient, api_env: dict[str, str], redis: RedisClient, run_consumer: Any
 ) -> None:
     client = await make_client(UPLOAD_CONFIRM_WAIT_S="0.1")
     project, conversation = await open_conversation(client)
@@ -132,11 +133,11 @@ def test_the_default_verification_window_is_at_least_30_seconds() -> None:
     assert delays == (1.0, 2.0, 4.0, 8.0, 15.0) and sum(delays) >= 30
 
 
-async def test_the_registry_factory_builds_the_group_from_the_app(make_client: Any) -> None:
+async def test_the_registry_factory_builds_the_group_from_the_app(make_client: MakeClient) -> None:
     from gateway.groups import upload_confirmation_spec
 
     client = await make_client()
-    spec = upload_confirmation_spec(client.server.app)
+    spec = upload_confirmation_spec(client.app)
     assert (spec.stream, spec.group) == (events.UPLOADS, events.UPLOAD_CONFIRMATION_GROUP)
     assert set(spec.event_types) == {events.UPLOAD_VERIFY.name}
 
@@ -297,7 +298,7 @@ async def test_a_delivery_past_the_attempts_fails_the_chunk_instead_of_dead_lett
         store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
     )
     assert spec.max_deliveries is not None
-    ctx = _verify_context(spec, await redis.xrange("echo:{uploads}"), reclaimed=True,
+    ctx = _verify_context(spec, await read_stream(redis, "echo:{uploads}"), reclaimed=True,
                           attempts=spec.max_deliveries, deliveries=spec.max_deliveries)
     await spec.handler(ctx)  # the object is not there and the window is not spent: no matter
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
@@ -318,7 +319,7 @@ async def test_deliveries_to_workers_that_died_before_starting_cost_no_attempt(
     spec = upload_confirmation_group(
         store=store, s3=s3, publisher=publisher_for(redis, settings), settings=settings,
     )
-    ctx = _verify_context(spec, await redis.xrange("echo:{uploads}"), attempts=1,
+    ctx = _verify_context(spec, await read_stream(redis, "echo:{uploads}"), attempts=1,
                           deliveries=10, reclaimed=False)
     with pytest.raises(Defer):
         await spec.handler(ctx)

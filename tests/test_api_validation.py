@@ -6,8 +6,14 @@ import io
 import itertools
 from typing import Any
 
-from api_support import (  # noqa: F401  (fixtures)
-    HOST_HEADERS, P, api_env, client, confirm, get_upload_url, make_client, new_id,
+from api_support import (
+    HOST_HEADERS,
+    LARGE_UPLOAD_BUCKET,
+    ApiClient,
+    MakeClient,
+    P,
+    confirm,
+    get_upload_url,
     open_conversation,
 )
 
@@ -26,8 +32,8 @@ async def _assert_json_error(resp: Any, statuses: tuple[int, ...] = (400,)) -> N
     assert isinstance(body["detail"], str) and body["detail"]
 
 
-async def test_malformed_json_missing_fields_and_wrong_types_are_400(client: Any) -> None:
-    project, conversation = await open_conversation(client)
+async def test_malformed_json_missing_fields_and_wrong_types_are_400(client: ApiClient) -> None:
+    _, conversation = await open_conversation(client)
     cid = conversation["id"]
     url = f"{P}/conversations/{cid}/get-upload-url"
     for raw in (b"{", b"[]", b'"text"', b"null", b"", b"{\"filename\": }", b"\xff\xfe"):
@@ -45,7 +51,7 @@ async def test_malformed_json_missing_fields_and_wrong_types_are_400(client: Any
     await _assert_json_error(await client.get(f"{P}/projects/not-a-uuid"))
 
 
-async def test_huge_bodies_are_413_with_a_json_body(client: Any) -> None:
+async def test_huge_bodies_are_413_with_a_json_body(client: ApiClient) -> None:
     _, conversation = await open_conversation(client)
     cid = conversation["id"]
     huge = b'{"filename": "' + b"a" * (2 * 1024 * 1024) + b'"}'
@@ -54,7 +60,7 @@ async def test_huge_bodies_are_413_with_a_json_body(client: Any) -> None:
     await _assert_json_error(resp, (413,))
 
 
-async def test_no_combination_of_odd_field_values_produces_a_500(client: Any) -> None:
+async def test_no_combination_of_odd_field_values_produces_a_500(client: ApiClient) -> None:
     project, conversation = await open_conversation(client)
     pid, cid = project["id"], conversation["id"]
     grant = await get_upload_url(client, cid)
@@ -83,15 +89,14 @@ async def test_no_combination_of_odd_field_values_produces_a_500(client: Any) ->
     assert 400 in statuses
 
 
-async def test_upload_chunk_streams_a_legacy_upload_to_s3(make_client: Any, s3: Any) -> None:
+async def test_upload_chunk_streams_a_legacy_upload_to_s3(make_client: MakeClient, s3: Any) -> None:
     import aiohttp
 
-    from api_support import LARGE_UPLOAD_BUCKET
     from storage.s3_client import ensure_bucket
 
     await ensure_bucket(s3, LARGE_UPLOAD_BUCKET)
     client = await make_client(S3_BUCKET=LARGE_UPLOAD_BUCKET)
-    project, conversation = await open_conversation(client)
+    _, conversation = await open_conversation(client)
     cid = conversation["id"]
     audio = bytes(range(256)) * (9 * 1024 * 4 + 7)  # ~9 MiB: a multipart upload of two parts
     form = aiohttp.FormData()
@@ -107,7 +112,7 @@ async def test_upload_chunk_streams_a_legacy_upload_to_s3(make_client: Any, s3: 
     assert head["ContentLength"] == len(audio)
 
 
-async def test_upload_chunk_refuses_an_oversized_file_with_413(make_client: Any) -> None:
+async def test_upload_chunk_refuses_an_oversized_file_with_413(make_client: MakeClient) -> None:
     import aiohttp
 
     client = await make_client(UPLOAD_MAX_BYTES="1000")
@@ -119,10 +124,10 @@ async def test_upload_chunk_refuses_an_oversized_file_with_413(make_client: Any)
 
 
 
-async def test_confirm_with_s3_unreachable_is_a_202_not_an_error(make_client: Any) -> None:
+async def test_confirm_with_s3_unreachable_is_a_202_not_an_error(make_client: MakeClient) -> None:
     """A failing S3 only means "not visible yet": the background check takes over."""
     client = await make_client(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
-    project, conversation = await open_conversation(client)
+    _, conversation = await open_conversation(client)
     cid = conversation["id"]
     grant = await get_upload_url(client, cid)  # presigning needs no network
     resp = await confirm(client, cid, grant)

@@ -109,8 +109,11 @@ async def chunk_ended(store: ConversationStore, upload: ChunkUpload) -> dict[str
         chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
         return chunk if chunk and chunk["status"] in ("transcribed", "failed") else None
 
-    return dict(await wait_until(ended, timeout_s=60, interval_s=0.1,
-                                 message="the chunk did not end"))
+    found: dict[str, Any] | None = await wait_until(
+        ended, timeout_s=60, interval_s=0.1, message="the chunk did not end"
+    )
+    assert found is not None
+    return found
 
 
 def closed_port() -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import aiohttp
@@ -14,11 +17,12 @@ from waiting import wait_until
 
 from devstack.children import child_preexec
 from devstack.servers import free_port
+from storage.s3_client import S3Client
 
 
 def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+    return subprocess.run(  # the tests judge the exit status themselves
+        [sys.executable, "-m", "gateway.cli", *args], check=False,
         env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60,
     )
 
@@ -44,11 +48,11 @@ def test_serve_without_redis_url_is_a_configuration_error() -> None:
     assert "REDIS_URL" in result.stderr
 
 
-async def _wait_http(url: str, status: int, deadline_s: float, proc: subprocess.Popen) -> None:
+async def _wait_http(url: str, status: int, deadline_s: float, proc: Process) -> None:
     async with aiohttp.ClientSession() as session:
 
         async def answered() -> bool:
-            assert proc.poll() is None, "process exited early"
+            assert proc.returncode is None, "process exited early"
             async with session.get(url) as response:
                 return response.status == status
 
@@ -61,9 +65,11 @@ def _alive_among(pids: list[int]) -> list[int]:
 
 
 def _children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,ppid="], check=True, capture_output=True, text=True
+    ).stdout
     found, frontier = [], [pid]
-    pairs = [tuple(map(int, line.split())) for line in out.splitlines() if line.strip()]
+    pairs = [_pid_ppid(line) for line in out.splitlines() if line.strip()]
     while frontier:
         parent = frontier.pop()
         for child, ppid in pairs:
@@ -73,18 +79,31 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
-async def _serving(env: dict[str, str], *, workers: int) -> tuple[subprocess.Popen[bytes], list[int]]:
+def _pid_ppid(line: str) -> tuple[int, int]:
+    pid, ppid = line.split()
+    return int(pid), int(ppid)
+
+
+async def _start(*args: str, env: dict[str, str], stdout: int | None = None) -> Process:
+    """``python -m gateway.cli ARGS``, killed (SIGTERM) if the test run dies. preexec_fn is
+    safe in a process with threads: it only calls prctl (devstack.children)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args,
+        env={"PATH": os.environ["PATH"], **env}, stdout=stdout, preexec_fn=child_preexec(),
+    )
+
+
+async def _serving(env: dict[str, str], *, workers: int) -> tuple[Process, list[int]]:
     """``serve --workers N`` on a free port, once ready, and the pids of its children."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers)],
-        env={"PATH": os.environ["PATH"], **env}, preexec_fn=child_preexec(),
-    )
+    proc = await _start("serve", "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", str(workers), env=env)
     try:
         await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 60, proc)
     except BaseException:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
         raise
     return proc, _children_of(proc.pid)
 
@@ -100,24 +119,29 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-async def test_serve_with_workers_runs_that_many_processes_on_one_port(env: dict[str, str], s3) -> None:
+async def test_serve_with_workers_runs_that_many_processes_on_one_port(
+    env: dict[str, str], s3: S3Client
+) -> None:
     proc, children = await _serving(env, workers=3)
     try:
         assert len(children) == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert not [pid for pid in children if _alive(pid)]
 
 
 @pytest.mark.slow
-async def test_a_killed_supervisor_leaves_no_worker_serving(env: dict[str, str], s3) -> None:
+async def test_a_killed_supervisor_leaves_no_worker_serving(
+    env: dict[str, str], s3: S3Client
+) -> None:
     proc, children = await _serving(env, workers=2)
     try:
         assert len(children) == 2
     finally:
         proc.kill()  # no chance to stop its children itself
-        proc.wait()
+        await proc.wait()
     await wait_until(lambda: _alive_among(children), until=lambda alive: not alive,
                      timeout_s=15, interval_s=0.1, message="orphaned workers kept serving")
 
@@ -126,20 +150,18 @@ async def test_a_killed_supervisor_leaves_no_worker_serving(env: dict[str, str],
 async def test_dev_serves_ready_and_leaves_no_process_after_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "echo-data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)],
-        env={"PATH": os.environ["PATH"], "LOG_LEVEL": "warning"},
-        stdout=subprocess.PIPE, text=True, preexec_fn=child_preexec(),
-    )
+    proc = await _start("dev", "--port", str(port), "--data-dir", str(data_dir),
+                        env={"LOG_LEVEL": "warning"}, stdout=asyncio.subprocess.PIPE)
     try:
         await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 90, proc)
         children = _children_of(proc.pid)
         assert children, "dev should run a private Redis and S3 server"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
-    assert f"http://127.0.0.1:{port}" in out
+    assert f"http://127.0.0.1:{port}" in out.decode()
     await wait_until(lambda: _alive_among(children), until=lambda alive: not alive,
                      timeout_s=10, interval_s=0.1, message="dev left processes behind")
     assert (data_dir / "redis" / "appendonlydir").is_dir(), "Redis persists in the data dir"

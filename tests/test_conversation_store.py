@@ -68,7 +68,8 @@ async def test_an_issued_chunk_is_unlisted_and_expires_with_its_url(store: Conve
     cid = await _conversation(store)
     chunk_id = str(uuid.uuid4())
     await store.issue_chunk(cid, chunk_id, path="k", filename="a", content_type="audio/webm", ttl_s=0.2)
-    assert (await store.get_chunk(cid, chunk_id))["status"] == "issued"  # type: ignore[index]
+    issued = await store.get_chunk(cid, chunk_id)
+    assert issued is not None and issued["status"] == "issued"
     assert await store.list_chunks(cid) == []
     assert await store.all_chunks_done(cid)
     await wait_until(lambda: store.get_chunk(cid, chunk_id), until=lambda chunk: chunk is None,
@@ -179,21 +180,18 @@ async def test_an_idle_conversation_stays_in_the_idle_set_until_its_finalize_eve
     store: ConversationStore, redis: RedisClient, settings: Settings
 ) -> None:
     """One failed publication in a sweep loses no finalize event: the next sweep retries."""
-    from types import SimpleNamespace
-
     from gateway.idle_finish import sweep_idle_once
 
     settings = dataclasses.replace(settings, idle_finish_after_s=1)
     first, second = await _conversation(store), await _conversation(store)
     publisher = _FailingOnce(redis, StreamNames(settings.redis_key_prefix))
-    services = SimpleNamespace(settings=settings, store=store, publisher=publisher)
     await asyncio.sleep(1.1)  # the behaviour under test: both become idle (idle_finish_after_s=1)
     with pytest.raises(ConnectionError):
-        await sweep_idle_once(services)  # type: ignore[arg-type]
+        await sweep_idle_once(store, publisher, settings.idle_finish_after_s)
     assert await redis.zcard(store.idle_key()) == 2  # nothing published, nothing forgotten
 
     async def sweep_again() -> int:
-        await sweep_idle_once(services)  # type: ignore[arg-type]
+        await sweep_idle_once(store, publisher, settings.idle_finish_after_s)
         return int(await redis.zcard(store.idle_key()))
 
     await wait_until(sweep_again, until=lambda idle: idle == 0, timeout_s=10, interval_s=0.2,

@@ -17,10 +17,12 @@ async def test_without_redis_server_on_path_the_packaged_valkey_runs(
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     binary = find_redis_server()
     assert "valkey" in binary
-    async with RedisServer(tmp_path / "data", persistent=True) as server:
-        async with open_redis(Settings.from_env({"REDIS_URL": server.url})) as client:
-            await client.set("k", "v")
-            assert await client.get("k") == "v"
-            info = await client.info("server")
-            assert info["executable"].endswith("valkey-server") or "valkey_version" in info
+    async with (
+        RedisServer(tmp_path / "data", persistent=True) as server,
+        open_redis(Settings.from_env({"REDIS_URL": server.url})) as client,
+    ):
+        await client.set("k", "v")
+        assert await client.get("k") == "v"
+        info = await client.info("server")
+        assert info["executable"].endswith("valkey-server") or "valkey_version" in info
     assert (tmp_path / "data" / "appendonlydir").is_dir()

@@ -40,7 +40,7 @@ def make_llm(
         model="claude-test",
     )
     defaults = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "deadline_s": 30.0}
-    return BoundedLlm(provider, limiter, metrics, RetryPolicy(**{**defaults, **policy}))  # type: ignore[arg-type]
+    return BoundedLlm(provider, limiter, metrics, RetryPolicy(**{**defaults, **policy}))
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

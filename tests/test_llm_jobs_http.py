@@ -10,7 +10,8 @@ import uuid
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from api_support import ApiClient
+from pytest_aiohttp import AiohttpClient
 from waiting import wait_until
 
 from config import Settings
@@ -35,11 +36,11 @@ def host_settings(env: dict[str, str]) -> Settings:
 
 @pytest.fixture
 async def client(
-    aiohttp_client: Any, host_settings: Settings, redis: RedisClient, s3: S3Client
-) -> TestClient:
+    aiohttp_client: AiohttpClient, host_settings: Settings, redis: RedisClient, s3: S3Client
+) -> ApiClient:
     # create_app runs the LLM service and its routes; add the llm consumer group.
     app = create_app(host_settings, background=[consumers_ctx([llm_spec])])
-    return await aiohttp_client(app)  # type: ignore[no-any-return]
+    return await aiohttp_client(app)
 
 
 async def make_project(redis: RedisClient, n: int) -> tuple[str, list[str]]:
@@ -58,7 +59,7 @@ async def make_project(redis: RedisClient, n: int) -> tuple[str, list[str]]:
     return project["id"], ids
 
 
-async def poll_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+async def poll_job(client: ApiClient, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     async def job() -> dict[str, Any]:
         response = await client.get(f"/api/jobs/{job_id}", headers=AUTH)
         assert response.status == 200
@@ -73,9 +74,9 @@ async def poll_job(client: TestClient, job_id: str, timeout_s: float = 60) -> di
 
 @pytest.mark.slow
 async def test_auto_select_job_runs_on_the_stream_and_merges_in_order(
-    client: TestClient, redis: RedisClient
+    client: ApiClient, redis: RedisClient
 ) -> None:
-    project_id, ids = await make_project(redis, 60)
+    project_id, _ = await make_project(redis, 60)
     response = await client.post(
         f"/api/projects/{project_id}/auto-select", json={"query": "Cycling lanes?"}, headers=AUTH
     )
@@ -92,7 +93,7 @@ async def test_auto_select_job_runs_on_the_stream_and_merges_in_order(
 
 
 async def test_the_host_api_checks_token_project_and_body(
-    client: TestClient, redis: RedisClient
+    client: ApiClient, redis: RedisClient
 ) -> None:
     project_id, _ = await make_project(redis, 1)
     url = f"/api/projects/{project_id}/auto-select"
@@ -113,7 +114,7 @@ async def test_the_host_api_checks_token_project_and_body(
 
 @pytest.mark.slow
 async def test_a_summary_request_stores_the_summary_on_the_conversation_and_in_s3(
-    client: TestClient, redis: RedisClient, s3: S3Client, host_settings: Settings
+    client: ApiClient, redis: RedisClient, s3: S3Client, host_settings: Settings
 ) -> None:
     store = ConversationStore(redis)
     project = await store.create_project({"name": "p"})

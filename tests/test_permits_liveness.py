@@ -185,7 +185,7 @@ async def test_a_killed_waiters_place_no_longer_blocks_the_waiter_behind_it(
                 lambda: redis.zrange(keys.queue, 0, -1), until=lambda ids: len(ids) == 1,
                 timeout_s=30, message="the child never queued",
             )
-            dead_place = queue[0]
+            dead_place = str(queue[0])
             assert dead_place.startswith(f"{process_id}:")
             later = asyncio.create_task(wait_behind())
             await wait_until(

@@ -58,12 +58,13 @@ async def test_commands_keep_their_order_on_the_connection(pipeline: AutoPipelin
 async def _between_two_echoes(pipeline: AutoPipeline, *command: object) -> object:
     """``command``'s outcome (result or exception), sent in one write between two ECHOs
     whose replies must still reach their own callers."""
-    before, outcome, after = await asyncio.gather(
+    outcomes: tuple[object, object, object] = await asyncio.gather(
         pipeline.execute("ECHO", "before"),
         pipeline.execute(*command),
         pipeline.execute("ECHO", "after"),
         return_exceptions=True,
     )
+    before, outcome, after = outcomes
     assert (before, after) == ("before", "after")
     return outcome
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from api_support import ADMIN_TOKEN, HOST_HEADERS, P
+from api_support import ADMIN_TOKEN, HOST_HEADERS, ApiClient, P
+from pytest_aiohttp import AiohttpClient
 from waiting import wait_until
 
 from config import Settings
@@ -15,6 +15,7 @@ from config.settings import Secret
 from devstack.servers import RedisServer
 from gateway.app import create_app
 from gateway.appkeys import REDIS
+from storage.s3_client import S3Client
 
 
 async def _counter(request: web.Request) -> web.Response:
@@ -22,13 +23,13 @@ async def _counter(request: web.Request) -> web.Response:
     return web.json_response({"value": value})
 
 
-async def _until_ready_again(client: Any) -> None:
+async def _until_ready_again(client: ApiClient) -> None:
     await wait_until(lambda: client.get("/readyz"), until=lambda response: response.status == 200,
                      timeout_s=15, interval_s=0.1, message="/readyz never answered 200")
 
 
 async def test_redis_stopped_gives_fast_503s_and_a_restart_recovers(
-    aiohttp_client, settings: Settings, s3, tmp_path: Path
+    aiohttp_client: AiohttpClient, settings: Settings, s3: S3Client, tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path / "redis")
     await server.start()
@@ -63,7 +64,7 @@ async def test_redis_stopped_gives_fast_503s_and_a_restart_recovers(
 
 
 async def test_get_upload_url_over_the_auto_pipeline_gives_503s_then_recovers(
-    aiohttp_client, settings: Settings, s3, tmp_path: Path
+    aiohttp_client: AiohttpClient, settings: Settings, s3: S3Client, tmp_path: Path
 ) -> None:
     """The hot path's own connection follows the same contract as the pool."""
     server = RedisServer(tmp_path / "redis")

@@ -7,16 +7,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from waiting import wait_until
 
 from config import Settings
 from devstack.servers import RedisServer, find_redis_server, free_port, free_port_block
 from storage.redis_autopipeline import open_autopipeline
-from storage.redis_client import open_redis
+from storage.redis_client import RedisClient, open_redis
 
 
-async def _a_busy_pool_makes_callers_wait(client, max_connections: int) -> None:
+async def _a_busy_pool_makes_callers_wait(client: RedisClient, max_connections: int) -> None:
     # Each BLPOP holds its connection for 50 ms; many more callers than connections all succeed.
     calls = [client.blpop([f"nothing-{n}"], timeout=0.05) for n in range(max_connections * 4)]
     assert await asyncio.gather(*calls) == [None] * (max_connections * 4)
@@ -82,8 +83,8 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
             f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
             f"sentinel monitor echo-master 127.0.0.1 {master.port} 1\n"
         )
-        sentinel = subprocess.Popen(
-            [find_redis_server(), str(conf), "--sentinel"],
+        sentinel = await asyncio.create_subprocess_exec(
+            find_redis_server(), str(conf), "--sentinel",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -103,8 +104,9 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
                     assert pipeline is not None
                     assert await pipeline.execute("GET", "via-sentinel") == "yes"
         finally:
-            sentinel.terminate()
-            sentinel.wait(timeout=10)
+            if sentinel.returncode is None:
+                sentinel.terminate()
+            await asyncio.wait_for(sentinel.wait(), timeout=10)
 
 
 async def test_cluster_runs_hash_tagged_scripts_across_three_masters(tmp_path: Path) -> None:
@@ -119,13 +121,16 @@ async def test_cluster_runs_hash_tagged_scripts_across_three_masters(tmp_path: P
     for server in servers:
         await server.start()
     try:
-        subprocess.run(
+        # In a thread: subprocess.run keeps its timeout (and kills redis-cli at it).
+        await asyncio.to_thread(
+            subprocess.run,
             ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )
         settings = Settings.from_env({"REDIS_URL": servers[0].url, "REDIS_CLUSTER": "true"})
         async with open_redis(settings) as client:
+            assert isinstance(client, RedisCluster)
             await wait_until(client.cluster_info,
                              until=lambda info: info.get("cluster_state") == "ok",
                              timeout_s=30, interval_s=0.1, retry_on=(RedisConnectionError,),

@@ -211,4 +211,4 @@ def test_a_section_checks_its_own_combinations_and_hides_its_secrets() -> None:
 def test_settings_stay_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.redis_key_prefix = "changed"  # type: ignore[misc]
+        settings.redis_key_prefix = "changed"  # type: ignore[misc]  # the error under test

@@ -11,13 +11,12 @@ does the same with a real process and SIGKILL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from streams_support import crashable, pending, running
 from waiting import wait_until
 
 from config import Settings
@@ -29,7 +28,6 @@ from streams.envelope import Envelope
 from streams.metrics import StreamMetrics
 from streams.names import StreamNames
 from streams.publisher import Publisher
-from streams.runtime import ConsumerRuntime
 from streams.spec import EventContext, GroupSpec
 
 DEADLINE_S = 30.0
@@ -45,69 +43,10 @@ def stream_settings(base_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
-def config(stream_settings: Settings) -> StreamsConfig:
+def streams_config(stream_settings: Settings) -> StreamsConfig:
+    """A short lease, so reclaims come quickly (overrides streams_support's)."""
     return StreamsConfig(key_prefix=stream_settings.redis_key_prefix, lease_s=LEASE_S,
                          shutdown_grace_s=1)
-
-
-@pytest.fixture
-async def r(stream_settings: Settings) -> AsyncIterator[RedisClient]:
-    async with open_redis(stream_settings) as client:
-        await client.flushdb()
-        yield client
-
-
-@pytest.fixture
-def names(config: StreamsConfig) -> StreamNames:
-    return StreamNames(config.key_prefix)
-
-
-@pytest.fixture
-def publisher(r: RedisClient, config: StreamsConfig) -> Publisher:
-    return Publisher.from_config(r, config)
-
-
-@asynccontextmanager
-async def running(
-    r: RedisClient, config: StreamsConfig, spec: GroupSpec, name: str
-) -> AsyncIterator[ConsumerRuntime]:
-    runtime = ConsumerRuntime(r, config, CollectorRegistry(), [spec], consumer_name=name)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop(1.0)
-
-
-@asynccontextmanager
-async def crashable(
-    settings: Settings, config: StreamsConfig, spec: GroupSpec, name: str
-) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """A runtime on its own Redis client; yields ``crash()``, which stops every task of the
-    runtime where it stands, as kill -9 would (nothing released, nothing flushed)."""
-    async with open_redis(settings) as client:
-        before = asyncio.all_tasks()
-        runtime = ConsumerRuntime(client, config, CollectorRegistry(), [spec], consumer_name=name)
-        await runtime.start()
-        tasks = asyncio.all_tasks() - before
-
-        async def crash() -> None:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        try:
-            yield crash
-        finally:
-            await crash()
-
-
-async def _eq(awaitable: Awaitable[Any], expected: Any) -> bool:
-    return bool((await awaitable) == expected)
-
-
-async def pending(r: RedisClient, names: StreamNames, stream: str, group: str) -> int:
-    return int((await r.xpending(names.stream(stream), group))["pending"])
 
 
 async def pending_of(r: RedisClient, stream_key: str, group: str, consumer: str) -> int:
@@ -141,7 +80,7 @@ async def _done(ctx: EventContext) -> None:
 
 
 async def test_entry_taken_but_never_started_runs_as_a_first_attempt_elsewhere(
-    r: RedisClient, stream_settings: Settings, config: StreamsConfig, names: StreamNames,
+    r: RedisClient, stream_settings: Settings, streams_config: StreamsConfig, names: StreamNames,
     publisher: Publisher,
 ) -> None:
     """A worker dies running one entry with a second one queued behind it: the next worker
@@ -151,7 +90,7 @@ async def test_entry_taken_but_never_started_runs_as_a_first_attempt_elsewhere(
     keys = names.keys("llm")
     running_id = await publisher.publish("llm", "e", {})
     queued_id = await publisher.publish("llm", "e", {})
-    async with crashable(stream_settings, config, recorder(seen, "a", _hang), "a") as crash:
+    async with crashable(stream_settings, streams_config, recorder(seen, "a", _hang), "a") as crash:
         await wait_until(lambda: running_id in seen, timeout_s=DEADLINE_S)
         # Concurrency 1, bound 2: the second entry is held, queued, never started.
         await wait_until(lambda: pending_of(r, keys.stream, "llm", "a"), until=lambda n: n == 2,
@@ -160,9 +99,9 @@ async def test_entry_taken_but_never_started_runs_as_a_first_attempt_elsewhere(
                          until=lambda v: v == "1 0 0", timeout_s=DEADLINE_S,
                          message="the start was never recorded")
         await crash()
-    async with running(r, config, recorder(seen, "b", _done), "b"):
+    async with running(r, streams_config, recorder(seen, "b", _done), name="b", grace_s=1.0):
         await wait_until(lambda: len(seen.get(queued_id, [])) == 1, timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
     assert seen[running_id] == [("a", 1, 1, False), ("b", 2, 2, True)]
     assert seen[queued_id] == [("b", 2, 1, False)]
     assert await r.hlen(keys.attempts) == 0 and await r.hlen(keys.errors) == 0
@@ -170,7 +109,7 @@ async def test_entry_taken_but_never_started_runs_as_a_first_attempt_elsewhere(
 
 
 async def test_handler_failing_every_attempt_dead_letters_with_the_handler_failed_reason(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     seen: dict[str, list[Seen]] = {}
 
@@ -180,7 +119,7 @@ async def test_handler_failing_every_attempt_dead_letters_with_the_handler_faile
     spec = recorder(seen, "a", fail)
     spec = GroupSpec(spec.stream, spec.group, spec.handler, max_deliveries=3, retry_base_s=0.02)
     entry_id = await publisher.publish("llm", "poison", {})
-    async with running(r, config, spec, "a"):
+    async with running(r, streams_config, spec, name="a", grace_s=1.0):
         await wait_until(lambda: dead_letters(r, names, "llm"), timeout_s=DEADLINE_S)
     [dead] = await dead_letters(r, names, "llm")
     assert seen[entry_id] == [("a", 1, 1, False), ("a", 2, 2, False), ("a", 3, 3, False)]
@@ -193,7 +132,7 @@ async def test_handler_failing_every_attempt_dead_letters_with_the_handler_faile
 
 
 async def test_worker_killed_mid_handler_past_max_deliveries_dead_letters_as_a_crash(
-    r: RedisClient, stream_settings: Settings, config: StreamsConfig, names: StreamNames,
+    r: RedisClient, stream_settings: Settings, streams_config: StreamsConfig, names: StreamNames,
     publisher: Publisher,
 ) -> None:
     """Each attempt's worker dies mid-way: the next attempt knows it was reclaimed after a
@@ -204,14 +143,19 @@ async def test_worker_killed_mid_handler_past_max_deliveries_dead_letters_as_a_c
     field = f"llm:{entry_id}"
     for attempt, consumer in enumerate(["a", "b"], start=1):
         spec = recorder(seen, consumer, _hang)
-        async with crashable(stream_settings, config, spec, consumer) as crash:
-            await wait_until(lambda: r.hget(keys.attempts, field),
-                             until=lambda v, n=attempt: v == f"{n} 0 0", timeout_s=DEADLINE_S,
+        async with crashable(stream_settings, streams_config, spec, consumer) as crash:
+            recorded = f"{attempt} 0 0"
+
+            def is_recorded(value: object, recorded: str = recorded) -> bool:
+                return value == recorded
+
+            await wait_until(lambda: r.hget(keys.attempts, field), until=is_recorded,
+                             timeout_s=DEADLINE_S,
                              message=f"attempt {attempt} was never recorded")
             await crash()
-    async with running(r, config, recorder(seen, "c", _done), "c"):
+    async with running(r, streams_config, recorder(seen, "c", _done), name="c", grace_s=1.0):
         await wait_until(lambda: dead_letters(r, names, "llm"), timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
     assert seen[entry_id] == [("a", 1, 1, False), ("b", 2, 2, True)]
     [dead] = await dead_letters(r, names, "llm")
     assert dead["dead_reason"] == "worker stopped mid-way in 2 attempts (reclaimed after a crash)"
@@ -221,7 +165,7 @@ async def test_worker_killed_mid_handler_past_max_deliveries_dead_letters_as_a_c
 
 
 async def test_entry_delivered_past_the_raw_cap_without_starts_is_dead_lettered(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """Deliveries without a recorded start are not attempts, up to 3 x max_deliveries."""
     keys = names.keys("llm")
@@ -234,9 +178,9 @@ async def test_entry_delivered_past_the_raw_cap_without_starts_is_dead_lettered(
     # the reclaim below counts one more.
     await r.xclaim(keys.stream, "llm", "ghost", 0, [at_cap], idle=60_000, retrycount=5)
     await r.xclaim(keys.stream, "llm", "ghost", 0, [past_cap], idle=60_000, retrycount=6)
-    async with running(r, config, recorder(seen, "a", _done), "a"):
+    async with running(r, streams_config, recorder(seen, "a", _done), name="a", grace_s=1.0):
         await wait_until(lambda: dead_letters(r, names, "llm"), timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
     assert seen == {at_cap: [("a", 6, 1, False)]}
     [dead] = await dead_letters(r, names, "llm")
     assert dead["dead_id"] == past_cap
@@ -246,7 +190,7 @@ async def test_entry_delivered_past_the_raw_cap_without_starts_is_dead_lettered(
 
 
 async def test_start_markers_leave_nothing_behind_once_acked_deferred_or_dead_lettered(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     keys = names.keys("llm")
     outcomes: list[str] = []
@@ -264,16 +208,16 @@ async def test_start_markers_leave_nothing_behind_once_acked_deferred_or_dead_le
     spec = GroupSpec("llm", "llm", handle, concurrency=4, max_deliveries=2, retry_base_s=0.02)
     for kind in ("ok", "defer", "fail"):
         await publisher.publish("llm", kind, {})
-    async with running(r, config, spec, "a"):
+    async with running(r, streams_config, spec, name="a", grace_s=1.0):
         await wait_until(lambda: sorted(outcomes) == ["defer", "defer", "fail", "fail", "ok"],
                          timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
     assert await r.hlen(keys.attempts) == 0 and await r.hlen(keys.errors) == 0
     assert [d["type"] for d in await dead_letters(r, names, "llm")] == ["fail"]
 
 
 async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concurrency(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """Stranded entries of a dead consumer (taken by the reclaim) and new entries (taken by
     the reader, blocked meanwhile) arrive at once: the consumer holds 2 x concurrency, not
@@ -292,7 +236,7 @@ async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concur
 
     spec = GroupSpec("llm", "llm", handle, concurrency=concurrency, lease_s=LEASE_S)
     peak = 0
-    async with running(r, config, spec, "c1") as runtime:
+    async with running(r, streams_config, spec, name="c1", grace_s=1.0) as runtime:
         delivery = runtime.groups[0].delivery
 
         async def sample() -> None:
@@ -318,7 +262,7 @@ async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concur
         assert await pending_of(r, keys.stream, "llm", "c1") == bound
         release.set()
         await wait_until(lambda: len(started) == len(stranded) + len(new), timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
         sampler.cancel()
     assert sorted(started) == sorted(stranded + new)
     assert peak == bound
@@ -350,18 +294,18 @@ async def test_backlog_counts_the_lag_when_redis_reports_none(
 
 @pytest.mark.slow
 async def test_backlog_lag_after_a_real_redis_restart(
-    tmp_path: Path, stream_settings: Settings, config: StreamsConfig
+    tmp_path: Path, stream_settings: Settings, streams_config: StreamsConfig
 ) -> None:
     server = RedisServer(tmp_path / "redis", persistent=True,
                          extra_args=("--appendfsync", "always"))
     await server.start()
     try:
         settings = stream_settings.replace(redis_url=server.url)
-        names = StreamNames(config.key_prefix)
+        names = StreamNames(streams_config.key_prefix)
         keys = names.keys("llm")
         async with open_redis(settings) as client:
             await client.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
-            await Publisher.from_config(client, config).publish_many(
+            await Publisher.from_config(client, streams_config).publish_many(
                 "llm", [Envelope("e", {}) for _ in range(10)])
             await client.xreadgroup("llm", "c", {keys.stream: ">"}, count=3)
             [before] = await backlog_rows(client, names, ["llm"])
@@ -378,7 +322,7 @@ async def test_backlog_lag_after_a_real_redis_restart(
 
 
 async def test_failed_entries_are_retried_even_when_the_waiting_cap_stops_the_intake(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """Concurrency 1 allows 16 entries waiting for a retry; 20 entries failing once fill
     that: the intake stops, yet the retries go on (before new entries) and every entry
@@ -392,18 +336,18 @@ async def test_failed_entries_are_retried_even_when_the_waiting_cap_stops_the_in
 
     spec = GroupSpec("llm", "llm", handle, concurrency=1, retry_base_s=2.0)
     ids = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(20)])
-    async with running(r, config, spec, "a") as runtime:
+    async with running(r, streams_config, spec, name="a", grace_s=1.0) as runtime:
         delivery = runtime.groups[0].delivery
         # Those in hand when the cap is reached may fail into it too.
         await wait_until(lambda: delivery.capacity.waiting_count() >= 16, timeout_s=DEADLINE_S,
                          message="the waiting cap was never reached")
         await wait_until(lambda: all(runs.get(i) == [1, 2] for i in ids), timeout_s=DEADLINE_S)
-        await wait_until(lambda: _eq(pending(r, names, "llm", "llm"), 0), timeout_s=DEADLINE_S)
+        await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0, timeout_s=DEADLINE_S)
     assert await r.xlen(names.keys("llm").dead) == 0
 
 
 async def test_stranded_entries_are_reclaimed_while_new_entries_keep_the_reader_busy(
-    r: RedisClient, config: StreamsConfig, names: StreamNames, publisher: Publisher
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """A steady flow keeps the reader reading all the room it can; the entries of a dead
     consumer still get room (the reclaim is owed it before new entries). Liveness only:
@@ -424,7 +368,7 @@ async def test_stranded_entries_are_reclaimed_while_new_entries_keep_the_reader_
             await asyncio.sleep(0.02)  # the test's steady load: one entry every 20 ms
 
     spec = GroupSpec("llm", "llm", handle, concurrency=1, lease_s=LEASE_S)
-    async with running(r, config, spec, "c1"):
+    async with running(r, streams_config, spec, name="c1", grace_s=1.0):
         load = asyncio.create_task(flow())
         try:
             await wait_until(lambda: set(stranded) <= set(handled), timeout_s=10 * LEASE_S,

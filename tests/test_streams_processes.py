@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streams_support import as_text
 from streams_worker_proc import GROUP, STREAM, apply_once
 from waiting import wait_until
 
@@ -46,14 +47,14 @@ def spawn(
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(concurrency: int = 8) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.streams_worker_proc", "--concurrency",
-             str(concurrency)],
-            cwd=project_root, env={**os.environ, **proc_env}, stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        # The child keeps its own copy of the log's descriptor; ours closes at once.
+        with open(tmp_path / f"worker-{len(procs)}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.streams_worker_proc", "--concurrency",
+                 str(concurrency)],
+                cwd=project_root, env={**os.environ, **proc_env}, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         procs.append(proc)
         return proc
 
@@ -74,8 +75,10 @@ async def server_time_s(r: RedisClient) -> float:
 
 
 async def handlers_of(r: RedisClient, event_id: str) -> list[str]:
-    return [line.split()[0] for line in await r.lrange(f"{BASE}:log", 0, -1)
-            if line.split()[1] == event_id]
+    """The pids of the workers that started ``event_id``, in order (a log line is
+    ``pid event deliveries attempts crash``)."""
+    starts = [as_text(line).split() for line in await r.lrange(f"{BASE}:log", 0, -1)]
+    return [start[0] for start in starts if start[1] == event_id]
 
 
 async def settled(r: RedisClient, expected_effects: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -27,24 +28,28 @@ async def emulator() -> AsyncIterator[OpenAIAudioEmulator]:
     await server.close()
 
 
+class MakeTranscriber(Protocol):
+    def __call__(self, *, api_key: str = ..., retries: int = ...) -> OpenAITranscriber: ...
+
+
 @pytest.fixture
 async def make_transcriber(
     emulator: OpenAIAudioEmulator, redis: RedisClient
-) -> AsyncIterator[object]:
+) -> AsyncIterator[MakeTranscriber]:
+    """``make_transcriber(retries=0)``: a transcriber of the emulator, short timeouts."""
     metrics = TranscriptionMetrics(CollectorRegistry())
     bound = CallBound.create(redis, metrics, prefix="echo", per_process=2, cluster=2, lease_s=10,
                              model="whisper-1")
     async with aiohttp.ClientSession() as session:
-        def make(**kwargs: object) -> OpenAITranscriber:
-            options: dict = {"api_key": "sk-test", "retries": 2, "retry_after_max_s": 5.0,
-                             "timeout_s": 30.0, **kwargs}
+        def make(*, api_key: str = "sk-test", retries: int = 2) -> OpenAITranscriber:
             return OpenAITranscriber(session, base_url=emulator.base_url, model="whisper-1",
-                                     bound=bound, metrics=metrics, **options)
+                                     bound=bound, metrics=metrics, api_key=api_key,
+                                     retries=retries, retry_after_max_s=5.0, timeout_s=30.0)
         yield make
 
 
 async def test_the_file_goes_as_multipart_with_model_language_and_key(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     emulator.responder = lambda data: "  The garden behind the library.  "
     result = await make_transcriber().transcribe(
@@ -59,7 +64,7 @@ async def test_the_file_goes_as_multipart_with_model_language_and_key(
 
 
 async def test_a_429_with_retry_after_is_waited_for_then_the_200_is_used(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     emulator.script = [Reply(429, message="Rate limit reached", headers={"Retry-After": "1"}),
                        Reply(200, text="after the wait")]
@@ -74,7 +79,7 @@ async def test_a_429_with_retry_after_is_waited_for_then_the_200_is_used(
 
 
 async def test_repeated_500s_end_in_a_transient_error_after_the_retries(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     emulator.script = [Reply(500, message="boom")] * 3
     with pytest.raises(TransientTranscriptionError, match="500"):
@@ -85,7 +90,7 @@ async def test_repeated_500s_end_in_a_transient_error_after_the_retries(
 
 
 async def test_a_retry_after_longer_than_the_cap_is_left_to_the_stream_runtime(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     emulator.script = [Reply(503, headers={"Retry-After": "120"})]
     with pytest.raises(TransientTranscriptionError) as caught:
@@ -97,7 +102,7 @@ async def test_a_retry_after_longer_than_the_cap_is_left_to_the_stream_runtime(
 
 
 async def test_unusable_audio_and_silence_are_permanent(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     emulator.script = [Reply(400, message="Invalid file format."), Reply(200, text="  ")]
     transcriber = make_transcriber()
@@ -110,7 +115,7 @@ async def test_unusable_audio_and_silence_are_permanent(
 
 
 async def test_a_wrong_key_is_a_transient_configuration_error(
-    emulator: OpenAIAudioEmulator, make_transcriber
+    emulator: OpenAIAudioEmulator, make_transcriber: MakeTranscriber
 ) -> None:
     with pytest.raises(TransientTranscriptionError, match="401.*Incorrect API key"):
         await make_transcriber(api_key="sk-wrong", retries=0).transcribe(

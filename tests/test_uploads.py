@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 import pytest
+from api_support import LARGE_UPLOAD_BUCKET
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from config import Settings
 from storage.s3_client import S3Client, ensure_bucket
 from storage.uploads import (
-    MAX_FILENAME_CHARS, PresignedPost, UploadTooLarge, chunk_object_key, is_audio_content_type,
-    key_from_file_url, sanitize_filename, stream_upload,
+    MAX_FILENAME_CHARS,
+    PresignedPost,
+    UploadTooLarge,
+    chunk_object_key,
+    is_audio_content_type,
+    key_from_file_url,
+    sanitize_filename,
+    stream_upload,
 )
 
 
@@ -85,10 +93,9 @@ async def _parts(size: int, step: int = 1024 * 1024) -> AsyncIterator[bytes]:
 
 @pytest.fixture
 async def big_bucket(s3: S3Client) -> str:
-    from api_support import LARGE_UPLOAD_BUCKET
-
-    await ensure_bucket(s3, LARGE_UPLOAD_BUCKET)
-    return LARGE_UPLOAD_BUCKET
+    bucket: str = LARGE_UPLOAD_BUCKET
+    await ensure_bucket(s3, bucket)
+    return bucket
 
 
 async def test_a_large_stream_becomes_a_multipart_upload(s3: S3Client, big_bucket: str) -> None:
@@ -123,6 +130,16 @@ async def test_the_bucket_cors_rules_admit_the_portal_origins(s3: S3Client, sett
     assert {"POST", "PUT"} <= set(rules[0]["AllowedMethods"])
 
 
+class _PostArgs(TypedDict):
+    """What both presigners are asked for."""
+
+    bucket: str
+    key: str
+    content_type: str
+    max_bytes: int
+    expires_s: int
+
+
 async def _aiobotocore_presigned_post(
     client: S3Client, *, bucket: str, key: str, content_type: str, max_bytes: int, expires_s: int,
 ) -> PresignedPost:
@@ -145,14 +162,15 @@ async def test_the_fast_presigner_signs_what_aiobotocore_signs(s3: S3Client, set
 
     from storage.uploads import PostPresigner
 
-    args = {"bucket": settings.s3_bucket, "key": "conversation/c/chunks/k-a.webm",
-            "content_type": "audio/webm;codecs=opus", "max_bytes": 1000, "expires_s": 900}
+    args: _PostArgs = {"bucket": settings.s3_bucket, "key": "conversation/c/chunks/k-a.webm",
+                       "content_type": "audio/webm;codecs=opus", "max_bytes": 1000,
+                       "expires_s": 900}
     fast = await PostPresigner(s3).presign(**args)
     reference = await _aiobotocore_presigned_post(s3, **args)
     assert fast.url == reference.url
     assert set(fast.fields) == set(reference.fields)
 
-    def conditions(fields: dict[str, str]) -> list[object]:
+    def conditions(fields: dict[str, str]) -> list[str]:
         return sorted(json.dumps(c) for c in json.loads(base64.b64decode(fields["policy"]))["conditions"])
 
     assert conditions(fast.fields) == conditions(reference.fields)
@@ -171,8 +189,9 @@ async def test_the_fast_presigner_signs_the_same_policy_as_botocore_within_one_s
 
     from storage.uploads import PostPresigner
 
-    args = {"bucket": settings.s3_bucket, "key": "conversation/c/chunks/k-a.webm",
-            "content_type": "audio/webm;codecs=opus", "max_bytes": 1000, "expires_s": 900}
+    args: _PostArgs = {"bucket": settings.s3_bucket, "key": "conversation/c/chunks/k-a.webm",
+                       "content_type": "audio/webm;codecs=opus", "max_bytes": 1000,
+                       "expires_s": 900}
     presigner = PostPresigner(s3)
     for _ in range(5):  # a pair that straddles a second boundary is tried again
         fast = await presigner.presign(**args)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from gateway.consumers import run_consumers
 from gateway.wiring import publisher_for
-from storage.redis_client import open_redis
+from storage.redis_client import RedisClient, open_redis
 from storage.s3_client import open_s3
 from transcription.base import TranscriptResult
 from transcription.lifecycle import open_transcription, transcription_group_for
@@ -26,14 +26,14 @@ from transcription.lifecycle import open_transcription, transcription_group_for
 class HangingTranscriber:
     name = "hanging"
 
-    def __init__(self, redis: object, key: str) -> None:
+    def __init__(self, redis: RedisClient, key: str) -> None:
         self._redis = redis
         self._key = key
 
     async def transcribe(
         self, path: Path, *, language: str | None, content_type: str
     ) -> TranscriptResult:
-        await self._redis.set(self._key, str(os.getpid()))  # type: ignore[attr-defined]
+        await self._redis.set(self._key, str(os.getpid()))
         await asyncio.Event().wait()  # mid-chunk forever
         raise AssertionError("unreachable")
 

@@ -65,3 +65,14 @@ async def conversation(
     if write and not its_project.get("is_conversation_allowed"):
         raise Forbidden(NOT_OPEN)
     return found, its_project
+
+
+async def readable_conversation(
+    services: ApiServices, project_id: str, conversation_id: str
+) -> dict[str, Any]:
+    """The conversation, for reading through its project's path; 404 unless it is that
+    project's."""
+    found, _ = await conversation(services, conversation_id, write=False)
+    if found["project_id"] != project_id:
+        raise NotFound("Conversation not found")
+    return found

@@ -95,9 +95,7 @@ async def get_conversation(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
     conversation_id = v.path_uuid(request, "conversation_id")
-    conversation, _ = await checks.conversation(services, conversation_id, write=False)
-    if conversation["project_id"] != project_id:
-        raise NotFound("Conversation not found")
+    conversation = await checks.readable_conversation(services, project_id, conversation_id)
     doc = _public_conversation(conversation)
     doc["processing"] = await processing_status(services.store, conversation_id)
     return json_response(doc)
@@ -108,9 +106,7 @@ async def list_chunks(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
     conversation_id = v.path_uuid(request, "conversation_id")
-    conversation, _ = await checks.conversation(services, conversation_id, write=False)
-    if conversation["project_id"] != project_id:
-        raise NotFound("Conversation not found")
+    await checks.readable_conversation(services, project_id, conversation_id)
     return json_response(await services.store.list_chunks(conversation_id))
 
 

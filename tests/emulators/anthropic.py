@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -102,7 +102,7 @@ class AnthropicEmulator:
 
     # --- server
 
-    async def __aenter__(self) -> AnthropicEmulator:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)

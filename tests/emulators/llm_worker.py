@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from waiting import wait_until
@@ -32,7 +33,8 @@ async def main(job_id: str, work_key: str, ready_key: str, go_key: str, parallel
 
         async def run() -> None:
             while True:
-                raw = await redis.lpop(work_key)
+                # LPOP without a count: one decoded string, or None once the list is empty.
+                raw = cast("str | None", await redis.lpop(work_key))
                 if raw is None:
                     return
                 work = json.loads(raw)

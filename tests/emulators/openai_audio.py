@@ -88,8 +88,8 @@ class OpenAIAudioEmulator:
         filename = content_type = None
         reader = await request.multipart()
         async for part in reader:
-            if not isinstance(part, BodyPartReader):
-                continue  # a nested multipart is no form field
+            if not isinstance(part, BodyPartReader):  # a nested multipart: not a form field
+                return self._error(400, "Unexpected nested multipart", "invalid_request_error")
             if part.name == "file":
                 filename = part.filename
                 content_type = part.headers.get("Content-Type")

@@ -1,0 +1,45 @@
+"""What goes into a stream: its key names, the envelope's flat fields, and a publisher
+facing an unreachable Redis (``streams.names``, ``streams.envelope``, ``streams.publisher``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import Settings
+from devstack.servers import free_port
+from events.catalogue import STREAMS, UPLOADS
+from storage.redis_client import open_redis
+from streams.config import StreamsConfig
+from streams.envelope import Envelope, EnvelopeError, decode
+from streams.names import StreamNames
+from streams.publisher import Publisher
+from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
+
+
+def test_names_share_one_hash_tag_per_stream() -> None:
+    keys = StreamNames("acme").keys(UPLOADS)
+    assert keys.stream == "acme:{uploads}"
+    assert keys.dead == "acme:{uploads}:dead"
+    assert keys.delayed == "acme:{uploads}:delayed"
+    assert [k.name for k in StreamNames().catalogue(STREAMS)] == ["uploads", "transcription", "llm"]
+
+
+def test_envelope_round_trips_through_flat_fields() -> None:
+    env = Envelope(type="upload.verify", payload={"n": 1}, idem="k", request_id="req-1")
+    fields = env.fields()
+    assert set(fields) == {"id", "type", "v", "created_ms", "idem", "request_id", "attempt",
+                           "payload"}
+    assert decode(fields) == env
+    with pytest.raises(EnvelopeError):
+        decode({**fields, "payload": "[1]"})
+    with pytest.raises(EnvelopeError):
+        decode({"type": "x"})
+
+
+async def test_publish_raises_when_redis_is_unreachable(
+    stream_settings: Settings, streams_config: StreamsConfig
+) -> None:
+    down = stream_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with open_redis(down) as client:
+        with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
+            await Publisher.from_config(client, streams_config).publish("llm", "e", {})
