@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import socket
 import time
 import uuid
@@ -124,10 +125,14 @@ def closed_port() -> int:
 
 class S3Outage:
     """The real S3 client, except that ``get_object`` goes to a closed port (connection
-    refused: botocore's ``EndpointConnectionError``) for ``outage_s`` from its first call."""
+    refused: botocore's ``EndpointConnectionError``) for ``outage_s`` from its first call
+    and for at least ``min_refusals`` calls (a loaded machine fits fewer calls in a time)."""
 
-    def __init__(self, s3: S3Client, unreachable: S3Client, *, outage_s: float) -> None:
+    def __init__(
+        self, s3: S3Client, unreachable: S3Client, *, outage_s: float, min_refusals: int = 0
+    ) -> None:
         self._s3, self._unreachable, self.outage_s = s3, unreachable, outage_s
+        self.min_refusals = min_refusals
         self.first_at: float | None = None
         self.refused = 0
         self.served = 0
@@ -139,7 +144,7 @@ class S3Outage:
         now = time.monotonic()
         if self.first_at is None:
             self.first_at = now
-        if now - self.first_at < self.outage_s:
+        if now - self.first_at < self.outage_s or self.refused < self.min_refusals:
             self.refused += 1
             return await self._unreachable.get_object(**kwargs)
         self.served += 1
@@ -147,9 +152,11 @@ class S3Outage:
 
 
 @contextlib.asynccontextmanager
-async def s3_outage(settings: Settings, s3: S3Client, outage_s: float) -> AsyncIterator[S3Outage]:
+async def s3_outage(
+    settings: Settings, s3: S3Client, outage_s: float, min_refusals: int = 0
+) -> AsyncIterator[S3Outage]:
     async with open_s3(settings, endpoint_url=f"http://127.0.0.1:{closed_port()}") as dead:
-        yield S3Outage(s3, dead, outage_s=outage_s)
+        yield S3Outage(s3, dead, outage_s=outage_s, min_refusals=min_refusals)
 
 
 async def stream_entries(redis: RedisClient) -> list[tuple[str, dict[str, str]]]:
@@ -191,8 +198,11 @@ async def test_an_entry_abandoned_twice_by_dead_workers_is_still_transcribed(
 async def test_an_s3_outage_longer_than_the_old_budget_ends_with_the_chunk_transcribed(
     store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
 ) -> None:
+    # More refusals than attempts, and longer than the old budget, inside a roomy window.
+    settings = dataclasses.replace(settings, transcription_retry_window_s=300)
     upload = await chunk_ready(store, s3, settings)
-    async with s3_outage(settings, s3, OUTAGE_S) as outage, workers(
+    refusals = settings.transcription_max_attempts + 1
+    async with s3_outage(settings, s3, OUTAGE_S, min_refusals=refusals) as outage, workers(
         settings, redis, outage, NoopTranscriber("words")
     ):
         chunk = await chunk_ended(store, upload)
@@ -206,7 +216,8 @@ async def test_an_s3_outage_longer_than_the_old_budget_ends_with_the_chunk_trans
 async def test_when_the_window_is_spent_the_chunk_fails_with_the_last_transient_error(
     store: ConversationStore, s3: S3Client, env: dict[str, str], redis: RedisClient,
 ) -> None:
-    # One refused get_object takes about 3 s (botocore's own three tries): room for two.
+    # One refused get_object takes about 3 s (botocore's own three tries): room for one or
+    # two, depending on how loaded the machine is.
     settings = Settings.from_env({**env, **OVERRIDES, "TRANSCRIPTION_RETRY_WINDOW_S": "5"})
     upload = await chunk_ready(store, s3, settings)
     async with s3_outage(settings, s3, outage_s=3600) as outage, workers(
@@ -223,9 +234,11 @@ async def test_when_the_window_is_spent_the_chunk_fails_with_the_last_transient_
                          message="the failed chunk held its conversation back")
     assert chunk["status"] == "failed"
     assert chunk["error"].startswith("transcription gave up after transient errors for ")
-    assert "tries, TRANSCRIPTION_RETRY_WINDOW_S=5); the last: StorageUnavailable: S3 " \
-        "get_object failed: EndpointConnectionError: " in chunk["error"]
-    assert outage.refused >= 2 and outage.served == 0
+    assert re.search(
+        r"\(\d+ tr(y|ies), TRANSCRIPTION_RETRY_WINDOW_S=5\); the last: StorageUnavailable: "
+        r"S3 get_object failed: EndpointConnectionError: ", chunk["error"]
+    ), chunk["error"]
+    assert outage.refused >= 1 and outage.served == 0
     assert await redis.xlen(f"{STREAM}:dead") == 0
 
 
