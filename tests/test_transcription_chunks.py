@@ -124,7 +124,9 @@ async def conversation_view(client: ApiClient, pid: str, cid: str) -> dict[str, 
 async def finalized_view(client: ApiClient, pid: str, cid: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         view = await conversation_view(client, pid, cid)
-        return view if view["processing"]["finalized_at"] else None
+        # The route reads the conversation, then its processing state: wait for the first
+        # read to show it finalized, or a commit between the two reads shows half of it.
+        return view if view["finalized_at"] and view["processing"]["finalized_at"] else None
 
     view: dict[str, Any] | None = await wait_until(
         check, timeout_s=DEADLINE_S, interval_s=0.1, message=f"conversation {cid} was not finalized"
