@@ -1,4 +1,4 @@
-"""``echo-gateway``: dev | serve | worker | backlog | project create | s3-cors | config.
+"""``echo-gateway``: dev | serve | worker | backlog | dlq | project create | s3-cors | config.
 
 Settings are parsed once here; a bad variable is reported by name and the
 command exits with status 2 before anything starts.
@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from config import Settings, SettingsError
+from gateway import cli_dlq
 from gateway.logging import configure_logging, configure_sentry
 from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
 from storage.redis_client import open_redis
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     backlog = commands.add_parser("backlog", help="one line per stream and consumer group")
     backlog.add_argument("--json", action="store_true")
+    cli_dlq.add_parser(commands)
 
     project = commands.add_parser("project", help="manage projects")
     project_commands = project.add_subparsers(dest="project_command", required=True)
@@ -227,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(settings, args)
     if args.command == "backlog":
         return _backlog(settings, args)
+    if args.command == "dlq":
+        return cli_dlq.run(settings, args)
     if args.command == "project" and args.project_command == "create":
         return _project_create(settings, args)
     raise AssertionError(f"unhandled command {args.command}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from events.catalogue import STREAMS
 from gateway.responses import json_response
 
 routes = web.RouteTableDef()
@@ -64,6 +65,9 @@ TOO_MANY = {**_err("over the rate limit"), "headers": RATE_HEADERS}
 COMMON_ERRORS = {"400": _err("invalid input"), "404": _err("unknown id"),
                  "413": _err("body too large"), "503": _err("data store unavailable")}
 WRITE_ERRORS = {**COMMON_ERRORS, "403": _err("Conversation not open for participation")}
+INT = {"type": "integer"}
+STREAM = {"type": "string", "enum": list(STREAMS)}
+DEAD_LETTER_ID = {"type": "string", "pattern": r"^\d+-\d+$"}
 HOST_ERRORS = {"400": _err("invalid input"), "401": _err("missing or wrong host token"),
                "404": _err("unknown id"), "503": _err("data store unavailable")}
 
@@ -169,6 +173,17 @@ SCHEMAS: dict[str, Any] = {
         "created_at": {"type": ["number", "null"]}, "started_at": {"type": ["number", "null"]},
         "finished_at": {"type": ["number", "null"]}, "note": STR,
     }, ["job_id", "status", "batches_done", "selected_conversation_ids", "errors"]),
+    "BacklogRow": _obj({
+        "stream": STR, "group": STR, "length": INT, "lag": {"type": ["integer", "null"]},
+        "pending": INT, "oldest_pending_age_s": {"type": "number"}, "consumers": INT,
+        "dead_letters": INT, "delayed": INT,
+        "lag_source": {"enum": ["redis", "counted", "capped", ""]},
+    }, ["stream", "group", "length", "lag", "pending", "dead_letters"]),
+    "DeadLetter": _obj({
+        "id": STR, "stream": STR, "original_id": STR, "group": STR, "reason": STR,
+        "last_error": STR, "deliveries": INT, "attempts": INT, "dead_at_ms": INT, "type": STR,
+        "event_id": STR, "idempotency_key": STR, "payload": {},
+    }, ["id", "stream", "original_id", "reason", "last_error", "deliveries", "attempts"]),
     "UploadChunkForm": _obj({"chunk": {"type": "string", "contentMediaType": "audio/*"},
                              "timestamp": TIME, "source": STR}, ["chunk"]),
 }
@@ -266,12 +281,47 @@ PATHS: dict[str, Any] = {
         params=[], extra_params=[_param("job_id", STR)], tags=["host"], host=True)},
 }
 
+A = "/api/admin"
+_QUERY = {"in": "query", "required": False}
+#: The admin API of streams and dead letters (gateway/admin_streams.py).
+ADMIN_STREAMS_PATHS: dict[str, Any] = {
+    A + "/streams": {"get": _op(
+        "Backlog figures of every stream and group (as `echo-gateway backlog --json`)",
+        {"200": _json(_obj({"streams": {"type": "array", "items": _ref("BacklogRow")}},
+                           ["streams"])), **HOST_ERRORS}, tags=["admin"], host=True)},
+    A + "/dead-letters": {"get": _op(
+        "One page of a stream's dead letters, oldest first",
+        {"200": _json(_obj({"stream": STR, "dead_letters": {
+            "type": "array", "items": _ref("DeadLetter")}, "next_after": OPT_STR},
+            ["stream", "dead_letters", "next_after"])), **HOST_ERRORS},
+        extra_params=[{"name": "stream", **_QUERY, "required": True, "schema": STREAM},
+                      {"name": "count", **_QUERY,
+                       "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                      {"name": "after", **_QUERY, "schema": DEAD_LETTER_ID}],
+        tags=["admin"], host=True)},
+    A + "/dead-letters/{stream}/{letter_id}/replay": {"post": _op(
+        "Re-publish a dead letter's event and remove the letter, atomically (handled once)",
+        {"200": _json(_obj({"stream": STR, "id": STR, "replayed_as": STR},
+                           ["stream", "id", "replayed_as"])),
+         **HOST_ERRORS, "409": _err("the letter holds no event")},
+        extra_params=[_param("stream", STREAM), _param("letter_id", STR)],
+        tags=["admin"], host=True)},
+    A + "/dead-letters/{stream}/{letter_id}": {"delete": _op(
+        "Remove one dead letter",
+        {"200": _json(_obj({"stream": STR, "id": STR, "dropped": BOOL},
+                           ["stream", "id", "dropped"])), **HOST_ERRORS},
+        extra_params=[_param("stream", STREAM), _param("letter_id", STR)],
+        tags=["admin"], host=True)},
+}
+PATHS.update(ADMIN_STREAMS_PATHS)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "echo-gateway",
         "version": "0.1.0",
-        "description": "Participant API of the Echo platform (see CONTRACT.md) and the host API.",
+        "description": "Participant API of the Echo platform (see CONTRACT.md), the host API and "
+                       "the admin API.",
     },
     "paths": PATHS,
     "components": {

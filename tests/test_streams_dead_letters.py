@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from streams_support import DEADLINE_S, as_text, running, wait_all_acked
+from streams_support import DEADLINE_S, as_text, make_dead_letters, running, wait_all_acked
 from waiting import wait_until
 
 from storage.redis_client import RedisClient
@@ -26,21 +26,6 @@ async def group_caught_up(r: RedisClient, names: StreamNames, stream: str, group
     """Every entry of the stream was delivered to ``group`` and acked: nothing more can come."""
     [info] = [g for g in await r.xinfo_groups(names.stream(stream)) if g["name"] == group]
     return bool(info["lag"] == 0 and info["pending"] == 0)
-
-
-async def poison_letters(
-    r: RedisClient, config: StreamsConfig, publisher: Publisher, stream: str, n: int
-) -> list[str]:
-    """``n`` events of a type the group does not accept, dead-lettered at once; their ids."""
-    async def never(ctx: EventContext) -> None:
-        raise AssertionError("an unknown type reached the handler")
-
-    spec = GroupSpec(stream, "g", never, event_types={"known": dict})
-    ids = [await publisher.publish(stream, "unknown", {"n": i}) for i in range(n)]
-    async with running(r, config, spec):
-        await wait_until(lambda: r.xlen(f"{config.key_prefix}:{{{stream}}}:dead"),
-                         until=lambda k: k == n, timeout_s=DEADLINE_S)
-    return ids
 
 
 async def test_replayed_dead_letter_is_handled_exactly_once_even_when_replayed_twice(
@@ -92,7 +77,7 @@ async def test_drop_removes_the_letter_and_nothing_is_published(
     r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher,
     dead_letters: DeadLetters,
 ) -> None:
-    await poison_letters(r, streams_config, publisher, "uploads", 2)
+    await make_dead_letters(r, streams_config, publisher, "uploads", 2)
     kept, dropped = (await dead_letters.list("uploads")).letters
     length = await r.xlen(names.stream("uploads"))
     assert await dead_letters.drop("uploads", dropped.id) is True
@@ -107,7 +92,7 @@ async def test_list_pages_through_the_letters_oldest_first_with_a_cursor(
     r: RedisClient, streams_config: StreamsConfig, publisher: Publisher,
     dead_letters: DeadLetters,
 ) -> None:
-    ids = await poison_letters(r, streams_config, publisher, "transcription", 5)
+    ids = await make_dead_letters(r, streams_config, publisher, "transcription", 5)
     seen: list[str] = []
     pages, after = 0, ""
     while True:
