@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 from streams_support import DEADLINE_S, as_text, make_dead_letters, running, wait_all_acked
 from waiting import wait_until
 
 from storage.redis_client import RedisClient
+from streams.backlog import backlog_rows
 from streams.config import StreamsConfig
 from streams.deadletters import DeadLetterNotReplayable, DeadLetters
+from streams.metrics import StreamMetrics
 from streams.names import StreamNames
 from streams.publisher import Publisher
 from streams.spec import EventContext, GroupSpec
@@ -130,3 +133,22 @@ async def test_letter_without_an_event_is_not_replayable_and_stays(
         await dead_letters.replay("llm", letter_id)
     assert await r.xlen(names.stream("llm")) == 0
     assert (await dead_letters.get("llm", letter_id)) is not None
+
+
+async def test_dead_letter_and_delayed_gauges_follow_the_backlog(
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher,
+    dead_letters: DeadLetters,
+) -> None:
+    """``echo_stream_dead_letters`` (alerted on in deploy/prometheus/alerts.yml) goes down
+    when a letter is dropped."""
+    await make_dead_letters(r, streams_config, publisher, "llm", 2)
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry)
+    labels = {"stream": "llm", "group": "g"}
+    metrics.refresh(await backlog_rows(r, names, ["llm"]))
+    assert registry.get_sample_value("echo_stream_dead_letters", labels) == 2
+    assert registry.get_sample_value("echo_stream_delayed", labels) == 0
+    first = (await dead_letters.list("llm")).letters[0]
+    await dead_letters.drop("llm", first.id)
+    metrics.refresh(await backlog_rows(r, names, ["llm"]))
+    assert registry.get_sample_value("echo_stream_dead_letters", labels) == 1
