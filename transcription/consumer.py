@@ -112,8 +112,11 @@ class TranscriptionHandler:
         if ctx.type == events.CONVERSATION_FINALIZE.name:
             request: FinalizeRequest = ctx.payload
             with structlog.contextvars.bound_contextvars(conversation_id=request.conversation_id):
+                # The event's id, not the entry's: the same across redeliveries, deferrals
+                # and a dead-letter replay (a new entry), so a replay takes over the claim
+                # its dead run left instead of being turned away as another event's.
                 await self._finalizer.finalize(
-                    request.conversation_id, ctx.entry_id, ctx.envelope.request_id
+                    request.conversation_id, ctx.envelope.id, ctx.envelope.request_id
                 )
             return
         upload: ChunkUpload = ctx.payload
