@@ -185,7 +185,9 @@ class TranscriptionHandler:
         started_ms: int,
     ) -> None:
         """Defer the event after a transient error, or fail the chunk once the window is spent."""
-        since_ms = _since_ms(ctx.envelope.payload) or started_ms
+        # Only a deferred run carries its window's start: a run with no deferral yet (a new
+        # event, or a dead letter replayed with its payload) opens its own window.
+        since_ms = (_since_ms(ctx.envelope.payload) if ctx.attempt else None) or started_ms
         elapsed_s = max(0.0, (_now_ms() - since_ms) / 1000)
         window_s = self._settings.transcription_retry_window_s
         error = f"{type(exc).__name__}: {exc}"
