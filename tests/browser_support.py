@@ -28,8 +28,7 @@ FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--no-default-browser-check", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-extensions",
-    "--remote-debugging-port=0", "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
+    "--remote-debugging-port=0", "--use-fake-device-for-media-stream",
     # Timers of a page the browser thinks is hidden would be throttled.
     "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
 )
@@ -97,6 +96,12 @@ class Page:
             downloadThroughput=-1, uploadThroughput=-1,
         )
 
+    async def viewport(self, width: int, height: int, *, mobile: bool) -> None:
+        await self.session.send(
+            "Emulation.setDeviceMetricsOverride", width=width, height=height,
+            deviceScaleFactor=2 if mobile else 1, mobile=mobile,
+        )
+
     async def text(self, selector: str) -> str:
         value = await self.evaluate(
             f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent || ''"
@@ -126,10 +131,13 @@ class Page:
 
 
 class Chromium:
-    """``async with Chromium(wav) as browser``: a headless browser whose microphone plays ``wav``."""
+    """``async with Chromium(wav) as browser``: a headless browser whose microphone plays ``wav``
+    (every permission prompt answered "allow" unless ``microphone_allowed=False``)."""
 
-    def __init__(self, fake_audio: Path) -> None:
+    def __init__(self, fake_audio: Path, *, microphone_allowed: bool = True) -> None:
         self.fake_audio = fake_audio
+        #: False: no fake "allow" answer, and pages are denied the microphone (see deny_microphone).
+        self.microphone_allowed = microphone_allowed
         self._dir = Path(tempfile.mkdtemp(prefix="echo-chromium-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -139,7 +147,9 @@ class Chromium:
     async def __aenter__(self) -> Self:
         with (self._dir / "chromium.log").open("wb") as log:  # the child keeps its own copy
             self._proc = subprocess.Popen(  # noqa: ASYNC220 (starting it does not block)
-                [str(CHROMIUM), *FLAGS, f"--user-data-dir={self._dir / 'profile'}",
+                [str(CHROMIUM), *FLAGS,
+                 *(["--use-fake-ui-for-media-stream"] if self.microphone_allowed else []),
+                 f"--user-data-dir={self._dir / 'profile'}",
                  f"--use-file-for-fake-audio-capture={self.fake_audio.resolve()}", "about:blank"],
                 stdout=subprocess.DEVNULL, stderr=log,
                 preexec_fn=child_preexec(),  # noqa: PLW1509 (dies with the test process)

@@ -183,13 +183,26 @@ async def test_a_recording_with_the_network_gone_midway_is_transcribed_and_shown
 
 @pytest.mark.test_timeout(120)
 async def test_with_the_microphone_denied_the_page_says_so_and_text_mode_works(
-    stack: Stack, browser: Chromium
+    stack: Stack,
 ) -> None:
     """A denied microphone gets a clear message and the text form; the text is the transcript."""
     pid = await _project(stack)
-    await browser.deny_microphone(stack.base_url)
+    async with Chromium(MICROPHONE, microphone_allowed=False) as browser:
+        await browser.deny_microphone(stack.base_url)
+        await _text_mode(browser, stack, pid)
+
+
+async def _text_mode(browser: Chromium, stack: Stack, pid: str) -> None:
     page = await _open(browser, f"{stack.base_url}/p/{pid}", "document.body.dataset.ready === 'true'")
     assert not await page.visible("#name-form"), "this project asks for no name"
+    await page.viewport(390, 844, mobile=True)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390, "fits a phone"
+    unlabelled = await page.evaluate(
+        "[...document.querySelectorAll('input, textarea, button')]"
+        ".filter((e) => e.tagName === 'BUTTON' ? !e.textContent.trim() : !e.labels.length)"
+        ".map((e) => e.id)"
+    )
+    assert unlabelled == [], "every control is labelled"
     await page.click("#record")
     await wait_until(lambda: page.visible("#text"), timeout_s=20, interval_s=0.1,
                      message="the text form was not offered")
