@@ -96,6 +96,13 @@ class Page:
             downloadThroughput=-1, uploadThroughput=-1,
         )
 
+    async def block(self, *url_patterns: str) -> None:
+        """Requests to matching URLs fail as a network error would (none: nothing blocked)."""
+        await self.session.send("Network.setBlockedURLs", urls=list(url_patterns))
+
+    async def reload(self) -> None:
+        await self.session.send("Page.reload", ignoreCache=True)
+
     async def viewport(self, width: int, height: int, *, mobile: bool) -> None:
         await self.session.send(
             "Emulation.setDeviceMetricsOverride", width=width, height=height,

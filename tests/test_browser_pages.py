@@ -182,6 +182,41 @@ async def test_a_recording_with_the_network_gone_midway_is_transcribed_and_shown
 
 
 @pytest.mark.test_timeout(120)
+async def test_a_chunk_that_could_not_be_sent_survives_a_page_reload(
+    stack: Stack, browser: Chromium
+) -> None:
+    """Uploads failing (as with no network), a recorded chunk waits in IndexedDB; the page is
+    reloaded, lists it queued again, and sends it once uploads work."""
+    pid = await _project(stack)
+    page = await _open(browser, f"{stack.base_url}/p/{pid}?chunk_seconds=2",
+                       "document.body.dataset.ready === 'true'")
+    await page.click("#record")
+    await wait_until(lambda: page.visible("#recording"), timeout_s=20, interval_s=0.1,
+                     message="recording did not start")
+    await page.block("*/api/participant/conversations/*")
+    await wait_until(page.chunk_states, until=lambda s: "queued" in s, timeout_s=30,
+                     interval_s=0.1, message="no chunk waited while uploads failed")
+    await page.reload()
+    await wait_until(lambda: page.evaluate("document.body.dataset.ready === 'true'"),
+                     timeout_s=30, interval_s=0.1, message="the page did not load again",
+                     retry_on=(Exception,))
+    states = await wait_until(page.chunk_states, until=lambda s: "queued" in s, timeout_s=10,
+                              interval_s=0.1, message="the kept chunk was not listed again")
+    assert await page.text("#record") == "Continue recording"
+    await page.block()
+    await wait_until(page.chunk_states, until=lambda s: len(s) >= len(states) and all(
+        x in ("uploaded", "pending_verification", "transcribed") for x in s),
+        timeout_s=60, interval_s=0.2, message="the kept chunk was not sent")
+    [conversation] = await stack.store.list_conversations(pid)
+    assert len(await stack.store.list_chunks(conversation["id"])) == len(states)
+    assert await page.evaluate(
+        "new Promise((ok) => { const r = indexedDB.open('echo-participant', 1);"
+        " r.onsuccess = () => { const q = r.result.transaction('chunks').objectStore('chunks')"
+        ".count(); q.onsuccess = () => ok(q.result); }; })"
+    ) == 0, "a sent chunk is no longer kept"
+
+
+@pytest.mark.test_timeout(120)
 async def test_with_the_microphone_denied_the_page_says_so_and_text_mode_works(
     stack: Stack,
 ) -> None:
