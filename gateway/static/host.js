@@ -90,7 +90,8 @@
     const list = await api("GET", `/api/host/projects/${projectId}/conversations`);
     const details = await bounded(list, MAX_DETAILS_IN_FLIGHT,
       (c) => api("GET", `/api/host/conversations/${c.id}`).catch(() => c));
-    names = new Map(details.map((d) => [d.id, d.participant_name || d.title || d.id]));
+    names = new Map(details.map((d) => [d.id,
+      `${d.participant_name || d.title || "(no name)"}, started ${d.created_at || "?"} (${d.id.slice(0, 8)})`]));
     const box = $("conversations");
     box.replaceChildren(...(details.length ? details.map(conversationCard)
       : [el("p", { class: "muted", textContent: "No conversations yet." })]));
