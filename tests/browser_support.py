@@ -96,6 +96,21 @@ class Page:
             downloadThroughput=-1, uploadThroughput=-1,
         )
 
+    async def press(self, key: str) -> None:
+        """One key stroke (``Tab``, ``Enter``, ``Space``) as the keyboard sends it."""
+        code, text = {"Tab": (9, ""), "Enter": (13, "\r"), "Space": (32, " ")}[key]
+        name = " " if key == "Space" else key
+        await self.session.send("Input.dispatchKeyEvent", type="keyDown", key=name, code=key,
+                                windowsVirtualKeyCode=code, text=text)
+        await self.session.send("Input.dispatchKeyEvent", type="keyUp", key=name, code=key,
+                                windowsVirtualKeyCode=code)
+
+    async def type_text(self, text: str) -> None:
+        await self.session.send("Input.insertText", text=text)
+
+    async def focused(self) -> str:
+        return str(await self.evaluate("document.activeElement && document.activeElement.id"))
+
     async def block(self, *url_patterns: str) -> None:
         """Requests to matching URLs fail as a network error would (none: nothing blocked)."""
         await self.session.send("Network.setBlockedURLs", urls=list(url_patterns))

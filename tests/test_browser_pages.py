@@ -243,11 +243,17 @@ async def _text_mode(browser: Chromium, stack: Stack, pid: str) -> None:
                      message="the text form was not offered")
     assert "denied" in await page.text("#message")
 
-    await page.fill("#text-input", "Bicycles need safer lanes downtown.")
-    await page.click("#text-send")
+    # From here on by keyboard only: the text box has the focus, Tab reaches Send.
+    assert await page.focused() == "text-input"
+    await page.type_text("Bicycles need safer lanes downtown.")
+    await page.press("Tab")
+    assert await page.focused() == "text-send"
+    await page.press("Enter")
     await wait_until(page.chunk_states, until=lambda s: s == ["transcribed"], timeout_s=20,
                      interval_s=0.1, message="the text was not listed as a transcribed part")
-    await page.click("#text-finish")
+    await page.press("Tab")
+    assert await page.focused() == "text-finish"
+    await page.press("Space")
     await wait_until(lambda: page.text("#transcript"),
                      until=lambda t: "Bicycles need safer lanes downtown." in t, timeout_s=60,
                      interval_s=0.2, message="the text did not come back as the transcript")
