@@ -9,7 +9,9 @@
   const projectId = location.pathname.split("/").filter(Boolean)[1] || "";
   const chunkSecondsParam = Number(params.get("chunk_seconds"));
   const CHUNK_SECONDS = chunkSecondsParam >= 1 && chunkSecondsParam <= 600 ? chunkSecondsParam : 30;
-  const POLL_MS = 2000;
+  // Chunk states while recording (confirm answers update them too); then the transcript.
+  const POLL_RECORDING_MS = 10000;
+  const POLL_RESULT_MS = 2000;
   const CONFIRM_RETRY_MS = 60000;
   const MAX_BACKOFF_MS = 15000;
   const CONVERSATION_KEY = `echo:conversation:${projectId}`;
@@ -421,6 +423,7 @@
     await withRetry(() => api("POST", `/conversations/${conversation.id}/finish`));
     conversation.finished = true;
     saveConversation();
+    startPolling();
     $("result-status").textContent = "Transcribing...";
     $("result-heading").focus();
     poll();
@@ -457,11 +460,14 @@
   }
 
   function startPolling() {
-    if (!pollTimer) pollTimer = setInterval(poll, POLL_MS);
+    const every = conversation && conversation.finished ? POLL_RESULT_MS : POLL_RECORDING_MS;
+    if (pollTimer && pollTimer.every === every) return;
+    stopPolling();
+    pollTimer = { id: setInterval(poll, every), every };
   }
 
   function stopPolling() {
-    clearInterval(pollTimer);
+    if (pollTimer) clearInterval(pollTimer.id);
     pollTimer = null;
   }
 
