@@ -13,6 +13,7 @@
   const POLL_RECORDING_MS = 10000;
   const POLL_RESULT_MS = 2000;
   const CONFIRM_RETRY_MS = 60000;
+  const PING_MS = 15000;
   const MAX_BACKOFF_MS = 15000;
   const CONVERSATION_KEY = `echo:conversation:${projectId}`;
   const LABELS = {
@@ -29,6 +30,7 @@
   let seq = 0;
   let startedAtMs = 0;
   let elapsedTimer = null;
+  let pingTimer = null;
   let pollTimer = null;
   let queueRunning = false;
   const drainWaiters = [];
@@ -311,13 +313,24 @@
       $("elapsed").textContent = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
     }, 500);
     recordChunk(pickMimeType());
+    pingTimer = setInterval(ping, PING_MS);
     $("finish").focus();
+  }
+
+  // Telemetry for the host's live view; never retried, never shown.
+  function ping() {
+    if (!conversation || !navigator.onLine) return;
+    api("POST", `/conversations/${conversation.id}/ping`, {
+      state: "recording", recorded_seconds: Math.round((Date.now() - startedAtMs) / 1000),
+      client_ts: new Date().toISOString(), network: navigator.onLine ? "online" : "offline",
+    }).catch(() => {});
   }
 
   async function stopRecording() {
     if (!recording) return;
     recording = false;
     clearInterval(elapsedTimer);
+    clearInterval(pingTimer);
     await new Promise((resolve) => { recorderDone = resolve; stopCurrent(); });
     recorderDone = null;
     if (stream) stream.getTracks().forEach((t) => t.stop());
