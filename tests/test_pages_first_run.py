@@ -25,7 +25,8 @@ async def test_the_landing_participant_and_host_pages_are_html_and_their_scripts
         assert resp.content_type == "text/html"
         assert resp.headers["Cache-Control"] == "no-cache"
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    for name in ("participant.js", "host.js", "index.js", "style.css"):
+    for name in ("participant.js", "participant-net.js", "participant-chunks.js", "host.js",
+                 "index.js", "style.css"):
         resp = await client.get(f"/static/{name}")
         assert resp.status == 200, name
     page = await (await client.get(f"/p/{PID}")).text()
