@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from browser_support import CHROMIUM, Chromium, Page
@@ -54,13 +55,21 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(env: dict[str, str], redis: RedisClient, s3: S3Client) -> AsyncIterator[Stack]:
+def stack_overrides() -> dict[str, str]:
+    """Extra settings of the stack (a test parametrizes this to change them)."""
+    return {}
+
+
+@pytest.fixture
+async def stack(
+    env: dict[str, str], redis: RedisClient, s3: S3Client, stack_overrides: dict[str, str]
+) -> AsyncIterator[Stack]:
     """The gateway with every consumer group, served on a free port, as ``dev`` runs it."""
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
     settings = Settings.from_env({
         **env, "CORS_ALLOW_ORIGINS": origin, "ADMIN_TOKEN": ADMIN_TOKEN, "TRANSCRIBER": "local",
-        "STREAM_LEASE_S": "5", "SHUTDOWN_GRACE_S": "1",
+        "STREAM_LEASE_S": "5", "SHUTDOWN_GRACE_S": "1", **stack_overrides,
     })
     await apply_bucket_cors(s3, bucket=settings.s3_bucket, origins=settings.cors_allow_origins)
     app = create_app(settings, background=worker_background([], already=(llm_ctx,)))
@@ -179,6 +188,34 @@ async def test_a_recording_with_the_network_gone_midway_is_transcribed_and_shown
         "[...document.querySelectorAll('#auto-select-result li')].map((li) => li.dataset.conversation)"
     )
     assert selected == [conversation["id"]]
+
+
+@pytest.mark.test_timeout(120)
+@pytest.mark.parametrize("stack_overrides", [
+    {"UPLOAD_URL_LIMIT_PER_WINDOW": "2", "UPLOAD_URL_LIMIT_WINDOW_S": "3"},
+])
+async def test_over_the_upload_url_limit_the_page_waits_retry_after_and_every_chunk_arrives(
+    stack: Stack, browser: Chromium
+) -> None:
+    """1-second chunks against 2 upload URLs per 3 s: get-upload-url answers 429, the page
+    waits as told, and every chunk arrives, none failed, none twice."""
+    pid = await _project(stack)
+    page = await _open(browser, f"{stack.base_url}/p/{pid}?chunk_seconds=1",
+                       "document.body.dataset.ready === 'true'")
+    await page.click("#record")
+    await wait_until(page.chunk_states, until=lambda s: len(s) >= 6, timeout_s=30,
+                     interval_s=0.1, message="six chunks were not recorded")
+    await page.click("#finish")
+    states = await wait_until(page.chunk_states, until=lambda s: s and all(
+        x in ("uploaded", "pending_verification", "transcribed") for x in s),
+        timeout_s=60, interval_s=0.2, message="not every chunk was sent")
+    [conversation] = await stack.store.list_conversations(pid)
+    assert len(await stack.store.list_chunks(conversation["id"])) == len(states)
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.base_url}/metrics") as resp:
+        metrics = await resp.text()
+    refused = [line for line in metrics.splitlines()
+               if "get-upload-url" in line and 'status="429"' in line and "_total" in line]
+    assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1, "the limit was reached"
 
 
 @pytest.mark.test_timeout(120)
