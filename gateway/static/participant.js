@@ -13,6 +13,7 @@
   const POLL_RECORDING_MS = 10000;
   const POLL_RESULT_MS = 2000;
   const PING_MS = 15000;
+  const MIN_LAST_CHUNK_MS = 500;
   const CONVERSATION_KEY = `echo:conversation:${projectId}`;
   const $ = (id) => document.getElementById(id);
 
@@ -115,7 +116,10 @@
     recorder.ondataavailable = (e) => { if (e.data && e.data.size) parts.push(e.data); };
     recorder.onstop = () => {
       const type = recorder.mimeType || mimeType || "audio/webm";
-      if (parts.length) enqueueBlob(new Blob(parts, { type }), type, startedAt);
+      // Finish pressed just after a chunk began leaves a sliver with no speech in it, which
+      // a decoder may refuse: the participant would see a failed part for nothing.
+      const sliver = !recording && Date.now() - startedAt.getTime() < MIN_LAST_CHUNK_MS;
+      if (parts.length && !sliver) enqueueBlob(new Blob(parts, { type }), type, startedAt);
       if (recording) recordChunk(mimeType);
       else if (recorderDone) recorderDone();
     };
