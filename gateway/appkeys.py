@@ -43,3 +43,6 @@ TRANSCRIPTION: web.AppKey[TranscriptionService] = web.AppKey("transcription")
 
 #: The consumer groups this process runs (worker processes and ``dev``).
 CONSUMERS: web.AppKey[ConsumerRuntime] = web.AppKey("stream_consumers")
+
+#: The demo project ``dev`` made on its first start (the landing page links it); unset elsewhere.
+DEMO_PROJECT_ID: web.AppKey[str] = web.AppKey("demo_project_id")

@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     create = project_commands.add_parser("create", help="create a project and print its id")
     create.add_argument("--name", required=True)
     create.add_argument("--language", default="en")
+    create.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="use the private Redis of a running `echo-gateway dev --data-dir DIR`",
+    )
 
     commands.add_parser(
         "s3-cors", help="put CORS rules admitting CORS_ALLOW_ORIGINS on S3_BUCKET (browsers upload there)"
@@ -95,7 +99,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from devstack.stack import local_stack
+    from gateway import first_run
     from gateway.app import create_app
+    from gateway.appkeys import DEMO_PROJECT_ID
     from gateway.consumers import worker_background
     from gateway.lifecycle import llm_ctx
     from storage.s3_client import open_s3
@@ -103,6 +109,8 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with local_stack(settings, args.data_dir) as effective:
+            run = await first_run.prepare(effective, args.data_dir, host=args.host, port=args.port)
+            effective = run.settings
             async with open_s3(effective) as s3:
                 await apply_bucket_cors(
                     s3, bucket=effective.s3_bucket, origins=effective.cors_allow_origins
@@ -110,20 +118,11 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
             # create_app already runs the LLM service for the host routes.
             background = worker_background([], already=(llm_ctx,))
             app = create_app(effective, background=background)
-
-            def announce() -> None:
-                print(
-                    f"echo-gateway dev serving http://{args.host}:{args.port}\n"
-                    f"  redis  {effective.redis_url}\n"
-                    f"  s3     {effective.s3_endpoint_url} (bucket {effective.s3_bucket})\n"
-                    f"  data   {args.data_dir.resolve()}\n"
-                    "Ctrl-C stops everything.",
-                    flush=True,
-                )
-
+            app[DEMO_PROJECT_ID] = run.demo_project_id
+            text = first_run.announcement(run, host=args.host, port=args.port, data_dir=args.data_dir)
             return await serve_app(
                 app, host=args.host, port=args.port, shutdown_grace_s=effective.shutdown_grace_s,
-                on_started=announce,
+                on_started=lambda: print(text, flush=True),
             )
 
     return run_async(main)
@@ -216,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev(settings, args)
     if args.command == "s3-cors":
         return _s3_cors(settings)
+    if args.command == "project" and args.data_dir is not None:
+        from devstack.stack import dev_redis_url
+
+        url = dev_redis_url(args.data_dir)
+        if url is None:
+            print(f"echo-gateway: no private Redis of `dev` in {args.data_dir}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        settings = settings.replace(redis_url=url)
     if not (settings.redis_url or settings.redis_sentinels):
         print(
             "echo-gateway: configuration error: REDIS_URL: required "

@@ -1,23 +1,31 @@
-"""The OpenAPI 3.1 document describes exactly the routes the app serves."""
+"""The OpenAPI 3.1 document describes exactly the API routes the app serves (the browser
+pages of ``gateway/pages.py`` are not API)."""
 
 from __future__ import annotations
 
 import re
 
+from aiohttp import web
 from api_support import ApiClient, build_app
 
 from config import Settings
+from gateway import pages
+
+#: The pages and their static files: served to browsers, not part of the API.
+PAGE_PATHS = {route.path for route in pages.routes if isinstance(route, web.RouteDef)}
 
 
 def _app_operations(settings: Settings) -> set[tuple[str, str]]:
     app = build_app(settings)
     ops: set[tuple[str, str]] = set()
     for route in app.router.routes():
-        if route.method in ("HEAD", "OPTIONS", "*"):
+        if route.method in ("HEAD", "OPTIONS", "*") or isinstance(route.resource, web.StaticResource):
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
         assert isinstance(path, str), f"{route} has no path"
+        if path in PAGE_PATHS:
+            continue
         ops.add((route.method.lower(), path))
     return ops
 
