@@ -1,0 +1,120 @@
+"""What the stuck-work sweeper reads and repairs in the conversation store.
+
+The walk goes over ``P:projects`` and each project's ``P:{p:<project>}:conversations`` by
+rank, a page at a time (never ``KEYS``): both are ordered by creation time, so new entries
+come at the end and a cursor (project rank, conversation rank) stays valid between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from storage.store_core import StoreCore
+from storage.store_errors import ConversationNotFound
+
+#: Fields of the conversation hash the sweeper looks at.
+FLAG_FIELDS = ("id", "is_finished", "finished_ms", "reopened_ms", "finalized_ms", "open_chunks")
+
+
+@dataclass(frozen=True, slots=True)
+class WalkCursor:
+    project: int = 0
+    conversation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFlags:
+    conversation_id: str
+    is_finished: bool
+    #: When it was last finished or re-opened (ms, Redis time); 0 if never finished.
+    finished_ms: int
+    finalized: bool
+    open_chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenChunksRepair:
+    old: int
+    new: int
+    finalizable: bool
+
+
+class RecoveryQueries(StoreCore):
+    """The sweeper's part of the store."""
+
+    async def redis_now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def walk_conversations(
+        self, cursor: WalkCursor, limit: int
+    ) -> tuple[list[str], WalkCursor, bool]:
+        """Up to ``limit`` conversation ids from ``cursor``; the next cursor, and whether the
+        walk reached the end (the next cursor then starts over)."""
+        ids: list[str] = []
+        project, position = cursor.project, cursor.conversation
+        # Each round either fills the page or moves to the next project: at most limit + 1.
+        for _ in range(limit + 1):
+            if len(ids) >= limit:
+                break
+            found = cast(list[str], await self.redis.zrange(self.projects_key(), project, project))
+            if not found:
+                return ids, WalkCursor(), True
+            want = limit - len(ids)
+            page = cast(list[str], await self.redis.zrange(
+                self.project_conversations_key(found[0]), position, position + want - 1
+            ))
+            ids += page
+            if len(page) < want:
+                project, position = project + 1, 0
+            else:
+                position += len(page)
+        return ids, WalkCursor(project, position), False
+
+    async def conversation_flags(self, ids: list[str]) -> list[ConversationFlags]:
+        """The sweeper's view of each existing conversation in ``ids`` (one pipeline)."""
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hmget(self.conversation_key(cid), list(FLAG_FIELDS))
+            rows = cast(list[list[str | None]], await pipe.execute())
+        flags: list[ConversationFlags] = []
+        for cid, row in zip(ids, rows, strict=True):
+            if row[0] is None:
+                continue
+            flags.append(ConversationFlags(
+                conversation_id=cid, is_finished=row[1] == "1",
+                finished_ms=max(int(row[2] or 0), int(row[3] or 0)),
+                finalized=bool(row[4]), open_chunks=int(row[5] or 0),
+            ))
+        return flags
+
+    async def chunk_ages(self, conversation_id: str) -> list[tuple[str, str, str, str, int]]:
+        """``(chunk_id, status, object key, content type, updated_ms)`` of each listed chunk."""
+        ids = cast(list[str], await self.redis.zrange(self.chunks_key(conversation_id), 0, -1))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk_id in ids:
+                pipe.hmget(self.chunk_key(conversation_id, chunk_id),
+                           ["status", "path", "content_type", "updated_ms"])
+            rows = cast(list[list[str | None]], await pipe.execute())
+        return [
+            (chunk_id, row[0], row[1] or "", row[2] or "", int(row[3] or 0))
+            for chunk_id, row in zip(ids, rows, strict=True) if row[0] is not None
+        ]
+
+    async def repair_open_chunks(self, conversation_id: str) -> OpenChunksRepair | None:
+        """Recount ``open_chunks`` from the listed chunks (one script); None when the listing
+        changed while it was read (a later sweep tries again)."""
+        ids = cast(list[str], await self.redis.zrange(self.chunks_key(conversation_id), 0, -1))
+        keys = [self.conversation_key(conversation_id), self.chunks_key(conversation_id),
+                *(self.chunk_key(conversation_id, chunk_id) for chunk_id in ids)]
+        reply = await self._run("repair_open_chunks", keys, ids)
+        if reply[0] == "no_conversation":
+            raise ConversationNotFound(conversation_id)
+        if reply[0] == "listing_changed":
+            return None
+        return OpenChunksRepair(old=int(reply[1]), new=int(reply[2]), finalizable=bool(int(reply[3])))
