@@ -54,6 +54,10 @@ class RecoveryMetrics:
             "echo_sweeper_examined_conversations", "conversations the sweeps of this process "
             "examined (the cost of a run)", registry=registry,
         )
+        self.last_duration = Gauge(
+            "echo_sweeper_last_run_duration_seconds", "how long this process's last sweep took",
+            registry=registry,
+        )
         self.runs = Counter(
             "echo_sweeper_runs", "sweeps this process ran, by outcome", ["outcome"],
             registry=registry,

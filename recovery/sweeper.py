@@ -161,6 +161,7 @@ class StuckSweeper:
             self._metrics.runs.labels("ok").inc()
             self._metrics.examined.inc(report.examined)
             self._metrics.last_success.set(finished_ms / 1000)
+            self._metrics.last_duration.set(report.duration_s)
         log.info("stuck_sweep_done", owner=self.owner, token=grant.token, **figures)
         return report
 
@@ -252,7 +253,9 @@ class StuckSweeper:
             item = StuckItem("chunk", cid, chunk_id, status, chunk_age_s, bound_s)
             items.append(item)
             if act:
-                finalizable |= await self._redrive_chunk(item, ChunkUpload(cid, chunk_id, key, content_type))
+                # The event's payload needs a type; every issued chunk has one.
+                upload = ChunkUpload(cid, chunk_id, key, content_type or "application/octet-stream")
+                finalizable |= await self._redrive_chunk(item, upload)
         if conversation is not None and act:
             repair = await self._store.repair_open_chunks(cid)
             if repair is not None and repair.old != repair.new:
