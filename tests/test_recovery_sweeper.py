@@ -171,3 +171,20 @@ async def test_a_sweep_whose_lease_was_taken_over_cannot_write_its_state(
     assert (await lease.state())["cursor_project"] == "1"
     assert [r["owner"] for r in await lease.runs()] == ["b"]
     assert (await lease.acquire("c", lease_s=10, interval_s=3600)).outcome == "not_due"
+
+
+async def test_a_finished_conversation_held_back_by_a_wrong_open_chunks_counter_is_repaired(
+    settings: Settings, redis: RedisClient, s3: S3Client, store: ConversationStore,
+    run_workers: RunWorkers,
+) -> None:
+    cid, uploads = await conversation_with_chunks(store, s3, settings, 1)
+    await store.mark_transcribed(cid, uploads[0].chunk_id, transcript="done")
+    # A counter left one too high (the old platform's day-long block): nothing would move it.
+    await redis.hincrby(store.conversation_key(cid), "open_chunks", 1)
+    assert not (await store.finish(cid)).finalizable
+    registry = CollectorRegistry()
+    async with run_workers(NoopTranscriber()), sweeping(make_sweeper(settings, redis, s3, registry)):
+        await until_finalized(store, cid, message="the sweeper did not repair the counter")
+    assert (await store.get_conversation(cid) or {})["open_chunks"] == 0
+    assert sample(registry, "echo_recovered_total", action="repaired_open_chunks") == 1
+    assert sample(registry, "echo_recovered_total", action="republished_finalize") >= 1
