@@ -23,12 +23,14 @@ from waiting import wait_until
 
 from config import Settings
 from events import catalogue as events
-from gateway.wiring import publisher_for
+from gateway.wiring import publisher_for, streams_config
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 from storage.sweep_lease import SweepLease
+from streams.runtime import ConsumerRuntime
 from transcription.base import NoopTranscriber
+from uploads.confirmation import upload_confirmation_group
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,30 @@ async def test_a_finished_conversation_held_back_by_a_wrong_open_chunks_counter_
     assert (await store.get_conversation(cid) or {})["open_chunks"] == 0
     assert sample(registry, "echo_recovered_total", action="repaired_open_chunks") == 1
     assert sample(registry, "echo_recovered_total", action="republished_finalize") >= 1
+
+
+async def test_a_chunk_left_pending_verification_without_its_event_is_verified_and_transcribed(
+    settings: Settings, redis: RedisClient, s3: S3Client, store: ConversationStore,
+    run_workers: RunWorkers,
+) -> None:
+    """The object is there but its ``upload.verify`` never reached the stream."""
+    settings = settings.replace(stream_max_deliveries=1)  # pending bound: 0.6 + 2 x 1 s
+    cid, uploads = await conversation_with_chunks(store, s3, settings, 1, confirm_now=False)
+    await s3.put_object(Bucket=settings.s3_bucket, Key=uploads[0].key, Body=b"audio",
+                        ContentType="audio/webm")  # the verifier checks the type
+    await store.confirm_chunk(cid, uploads[0].chunk_id, path=uploads[0].key, source="PORTAL_AUDIO",
+                              timestamp="2026-01-01T10:00:00Z", verified=False)
+    await store.finish(cid)
+    verifier = ConsumerRuntime(redis, streams_config(settings), CollectorRegistry(), [
+        upload_confirmation_group(store=store, s3=s3, publisher=publisher_for(redis, settings),
+                                  settings=settings)], consumer_name="verifier")
+    await verifier.start()
+    registry = CollectorRegistry()
+    try:
+        async with run_workers(NoopTranscriber("hi")), \
+                sweeping(make_sweeper(settings, redis, s3, registry)):
+            await until_finalized(store, cid, message="the pending chunk was not re-driven")
+    finally:
+        await verifier.stop(grace_s=2)
+    assert await chunk_status(store, cid, uploads[0].chunk_id) == ("transcribed", None)
+    assert sample(registry, "echo_recovered_total", action="republished_upload_verify") >= 1
