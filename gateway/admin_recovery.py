@@ -15,7 +15,7 @@ from storage.conversations import ConversationNotFound
 
 PREFIX = "/api/admin"
 #: The most conversations one dry run may be asked to examine.
-MAX_LIMIT = 100_000
+MAX_LIMIT = 10_000
 
 routes = web.RouteTableDef()
 

@@ -284,7 +284,7 @@ PATHS: dict[str, Any] = {
         "What a stuck-work sweep would find now (a dry run; nothing changes)",
         {"200": _json(_ref("StuckReport")), **HOST_ERRORS},
         extra_params=[{"name": "limit", "in": "query", "required": False,
-                       "schema": {"type": "integer", "minimum": 1, "maximum": 100_000}}],
+                       "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
         tags=["admin"], host=True)},
     "/api/admin/conversations/{conversation_id}/recover": {"post": _op(
         "Re-drive a conversation's stuck work now (idempotent); what was done",

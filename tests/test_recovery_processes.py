@@ -10,13 +10,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
+import aiohttp
 import pytest
 from waiting import wait_until
 
 from devstack.children import child_preexec
+from devstack.servers import free_port
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
@@ -24,6 +27,7 @@ from storage.sweep_lease import SweepLease
 
 INTERVAL_S = 1.0
 PROCESSES = 3
+METRICS_PORTS = [free_port() for _ in range(PROCESSES)]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def workers(
         with open(tmp_path / f"worker-{i}.log", "wb") as log:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "worker", "--group", "upload-confirmation",
-                 "--metrics-port", "0"],
+                 "--metrics-host", "127.0.0.1", "--metrics-port", str(METRICS_PORTS[i])],
                 cwd=project_root, env={**proc_env, "CONSUMER_NAME": f"sweeper-{i}"}, stdout=log,
                 stderr=subprocess.STDOUT, preexec_fn=child_preexec(),  # noqa: PLW1509 - prctl only
             ))
@@ -88,6 +92,20 @@ async def test_three_workers_sweep_once_per_interval_between_them(
     assert tokens == list(range(tokens[0], tokens[0] + len(tokens)))
     fence = int(await redis.get(lease.fence_key) or 0)
     assert fence - tokens[-1] <= 1  # at most the run in progress now
+
+    # Every process shows when the cluster last swept, whichever process it was.
+    async def last_success_s(port: int) -> float:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        gauge = next(line for line in text.splitlines()
+                     if line.startswith("echo_sweeper_last_success_timestamp_seconds "))
+        return float(gauge.split()[1])
+
+    for port in METRICS_PORTS:
+        await wait_until(partial(last_success_s, port),
+                         until=lambda s: s >= runs[0]["finished_ms"] / 1000, timeout_s=30,
+                         interval_s=0.2, retry_on=(aiohttp.ClientError,))
 
     # The others run the loop too: kill the one that has been sweeping, and another takes over.
     sweeping = runs[-1]["owner"]
