@@ -54,22 +54,23 @@ class RecoveryQueries(StoreCore):
         walk reached the end (the next cursor then starts over)."""
         ids: list[str] = []
         project, position = cursor.project, cursor.conversation
-        # Each round either fills the page or moves to the next project: at most limit + 1.
-        for _ in range(limit + 1):
-            if len(ids) >= limit:
-                break
+        # Each round moves to the next project or fills the page: at most limit + 2 rounds.
+        for _ in range(limit + 2):
             found = cast(list[str], await self.redis.zrange(self.projects_key(), project, project))
             if not found:
                 return ids, WalkCursor(), True
+            if len(ids) >= limit:
+                break
             want = limit - len(ids)
+            # One more than wanted, to see whether this project ends here.
             page = cast(list[str], await self.redis.zrange(
-                self.project_conversations_key(found[0]), position, position + want - 1
+                self.project_conversations_key(found[0]), position, position + want
             ))
-            ids += page
-            if len(page) < want:
+            ids += page[:want]
+            if len(page) <= want:
                 project, position = project + 1, 0
             else:
-                position += len(page)
+                position += want
         return ids, WalkCursor(project, position), False
 
     async def conversation_flags(self, ids: list[str]) -> list[ConversationFlags]:

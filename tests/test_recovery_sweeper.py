@@ -154,6 +154,8 @@ async def test_a_run_examines_at_most_its_bound_and_the_next_run_goes_on_from_th
     assert [(r.examined, r.complete) for r in runs if r] == [(3, False), (2, True), (3, False)]
     log = await SweepLease(redis).runs()
     assert [r["examined"] for r in log] == [3, 2, 3]
+    exact = await sweeper.dry_run(limit=5)
+    assert (exact.examined, exact.complete) == (5, True)
 
 
 async def test_a_sweep_whose_lease_was_taken_over_cannot_write_its_state(
