@@ -175,7 +175,7 @@ SCHEMAS: dict[str, Any] = {
         "bound_s": {"type": "number"}, "actions": {"type": "array", "items": STR},
     }, ["kind", "conversation_id", "status", "actions"]),
     "StuckReport": _obj({
-        "dry_run": BOOL, "examined": {"type": "integer"}, "complete": BOOL,
+        "dry_run": BOOL, "examined": {"type": "integer"}, "complete": BOOL, "errors": {"type": "integer"},
         "duration_s": {"type": "number"}, "stuck_conversations": {"type": "integer"},
         "stuck_chunks": {"type": "integer"}, "items": {"type": "array", "items": _ref("StuckItem")},
     }, ["dry_run", "examined", "complete", "items"]),

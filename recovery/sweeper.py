@@ -71,11 +71,13 @@ class SweepReport:
     #: The walk reached the last conversation (the next run starts over).
     complete: bool = False
     duration_s: float = 0.0
+    #: Conversations whose inspection raised (logged; the run went on).
+    errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run, "examined": self.examined, "complete": self.complete,
-            "duration_s": round(self.duration_s, 3),
+            "duration_s": round(self.duration_s, 3), "errors": self.errors,
             "stuck_conversations": sum(i.kind == "conversation" for i in self.items),
             "stuck_chunks": sum(i.kind == "chunk" for i in self.items),
             "items": [i.as_dict() for i in self.items],
@@ -223,7 +225,16 @@ class StuckSweeper:
         now_ms = await self._store.redis_now_ms()
         for flags in await self._store.conversation_flags(ids):
             report.examined += 1
-            items = await self._inspect(flags, now_ms, act=act, force=False)
+            try:
+                items = await self._inspect(flags, now_ms, act=act, force=False)
+            except REDIS_UNAVAILABLE_ERRORS:
+                raise  # the run stops; the next one goes on from the saved cursor
+            except Exception:
+                # One conversation the sweeper cannot handle (unexpected data, a bug) must not
+                # stop every later run at the same place.
+                report.errors += 1
+                log.exception("stuck_sweep_conversation_failed", conversation_id=flags.conversation_id)
+                continue
             report.items += items
             if act:
                 for item in items:

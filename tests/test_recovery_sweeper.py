@@ -219,3 +219,19 @@ async def test_a_chunk_left_pending_verification_without_its_event_is_verified_a
         await verifier.stop(grace_s=2)
     assert await chunk_status(store, cid, uploads[0].chunk_id) == ("transcribed", None)
     assert sample(registry, "echo_recovered_total", action="republished_upload_verify") >= 1
+
+
+async def test_a_conversation_the_sweeper_cannot_read_does_not_stop_the_run(
+    settings: Settings, redis: RedisClient, s3: S3Client, store: ConversationStore,
+) -> None:
+    broken, broken_uploads = await conversation_with_chunks(store, s3, settings, 1)
+    await redis.hset(store.chunk_key(broken, broken_uploads[0].chunk_id), "updated_ms", "garbage")
+    cid, uploads = await conversation_with_chunks(store, s3, settings, 1)
+    await s3.delete_object(Bucket=settings.s3_bucket, Key=uploads[0].key)
+    for conversation_id in (broken, cid):
+        await store.finish(conversation_id)
+    sweeper = make_sweeper(settings.replace(stuck_after_s=0.001), redis, s3)
+    report = await wait_until(sweeper.run_now, until=lambda r: r is not None and any(
+        i.chunk_id == uploads[0].chunk_id for i in r.items), timeout_s=30, interval_s=0.2)
+    assert report is not None and report.examined == 2 and report.errors == 1
+    assert await chunk_status(store, cid, uploads[0].chunk_id) == ("failed", "upload not found")
