@@ -211,12 +211,15 @@ class StuckSweeper:
         now_ms = await self._store.redis_now_ms()
         items = await self._inspect(flags[0], now_ms, act=True, force=True)
         after = (await self._store.conversation_flags([conversation_id]))[0]
+        actions = [a for item in items for a in item.actions]
+        log.info("conversation_recovered", conversation_id=conversation_id, actions=actions,
+                 stuck=[item.chunk_id or "conversation" for item in items])
         return {
             "conversation_id": conversation_id,
             "was_finalized": flags[0].finalized,
             "is_finished": after.is_finished,
             "open_chunks": after.open_chunks,
-            "actions": [a for item in items for a in item.actions],
+            "actions": actions,
             "items": [item.as_dict() for item in items],
         }
 

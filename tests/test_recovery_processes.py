@@ -40,7 +40,9 @@ def workers(
     env: dict[str, str], project_root: Path, tmp_path: Path, s3: S3Client
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     proc_env = {
-        **os.environ, **env, "STUCK_SWEEP_INTERVAL_S": str(INTERVAL_S), "SHUTDOWN_GRACE_S": "1",
+        # A short lease: a worker killed mid-run frees it in 2 s.
+        **os.environ, **env, "STUCK_SWEEP_INTERVAL_S": str(INTERVAL_S), "STUCK_SWEEP_LEASE_S": "2",
+        "SHUTDOWN_GRACE_S": "1",
         "LOG_LEVEL": "info",
     }
     procs = []
