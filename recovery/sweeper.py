@@ -37,7 +37,7 @@ from events.catalogue import ChunkUpload, FinalizeRequest
 from recovery.alerts import RecoveryMetrics, StuckItem, count_action, report_stuck
 from recovery.bounds import NON_TERMINAL, chunk_stage_bounds_s
 from storage.conversations import ChunkNotFound, ConversationNotFound, ConversationStore
-from storage.recovery_queries import ConversationFlags, WalkCursor
+from storage.recovery_queries import ChunkRow, ConversationFlags, WalkCursor
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from storage.s3_client import S3Client
 from storage.sweep_lease import LeaseGrant, SweepLease
@@ -209,7 +209,8 @@ class StuckSweeper:
         if not flags:
             raise ConversationNotFound(conversation_id)
         now_ms = await self._store.redis_now_ms()
-        items = await self._inspect(flags[0], now_ms, act=True, force=True)
+        chunks = (await self._store.chunk_ages([conversation_id]))[conversation_id]
+        items = await self._inspect(flags[0], now_ms, chunks, act=True, force=True)
         after = (await self._store.conversation_flags([conversation_id]))[0]
         actions = [a for item in items for a in item.actions]
         log.info("conversation_recovered", conversation_id=conversation_id, actions=actions,
@@ -226,10 +227,16 @@ class StuckSweeper:
     async def _examine(self, ids: list[str], report: SweepReport) -> None:
         act = not report.dry_run
         now_ms = await self._store.redis_now_ms()
-        for flags in await self._store.conversation_flags(ids):
+        page = await self._store.conversation_flags(ids)
+        chunks = await self._store.chunk_ages(
+            [f.conversation_id for f in page if self._needs_chunks(f, now_ms)]
+        )
+        for flags in page:
             report.examined += 1
             try:
-                items = await self._inspect(flags, now_ms, act=act, force=False)
+                items = await self._inspect(
+                    flags, now_ms, chunks.get(flags.conversation_id, []), act=act, force=False
+                )
             except REDIS_UNAVAILABLE_ERRORS:
                 raise  # the run stops; the next one goes on from the saved cursor
             except Exception:
@@ -243,25 +250,32 @@ class StuckSweeper:
                 for item in items:
                     report_stuck(item, self._metrics)
 
+    def _finished_long_ago(self, flags: ConversationFlags, now_ms: int) -> bool:
+        return flags.is_finished and (now_ms - flags.finished_ms) / 1000 > self._settings.stuck_after_s
+
+    def _needs_chunks(self, flags: ConversationFlags, now_ms: int) -> bool:
+        """Whether a sweep looks at this conversation's chunks at all."""
+        return not flags.finalized and (
+            flags.open_chunks > 0 or self._finished_long_ago(flags, now_ms)
+        )
+
     async def _inspect(
-        self, flags: ConversationFlags, now_ms: int, *, act: bool, force: bool
+        self, flags: ConversationFlags, now_ms: int, chunks: list[ChunkRow], *, act: bool,
+        force: bool,
     ) -> list[StuckItem]:
-        if flags.finalized:
+        if flags.finalized or not (force or self._needs_chunks(flags, now_ms)):
             return []
         cid = flags.conversation_id
-        stuck_after_s = self._settings.stuck_after_s
         conversation: StuckItem | None = None
-        age_s = (now_ms - flags.finished_ms) / 1000
-        if flags.is_finished and (force or age_s > stuck_after_s):
-            conversation = StuckItem("conversation", cid, None, "finished", age_s, stuck_after_s)
-        if conversation is None and flags.open_chunks <= 0 and not force:
-            return []
+        if flags.is_finished and (force or self._finished_long_ago(flags, now_ms)):
+            conversation = StuckItem("conversation", cid, None, "finished",
+                                     (now_ms - flags.finished_ms) / 1000, self._settings.stuck_after_s)
         items: list[StuckItem] = [conversation] if conversation else []
         finalizable = False
-        for chunk_id, status, key, content_type, updated_ms in await self._store.chunk_ages(cid):
+        for chunk_id, status, key, content_type, updated_ms in chunks:
             if status not in NON_TERMINAL:
                 continue
-            chunk_age_s, bound_s = (now_ms - updated_ms) / 1000, self.bounds_s[status]
+            chunk_age_s, bound_s = (now_ms - int(updated_ms or 0)) / 1000, self.bounds_s[status]
             if not force and chunk_age_s <= bound_s:
                 continue
             item = StuckItem("chunk", cid, chunk_id, status, chunk_age_s, bound_s)

@@ -17,6 +17,11 @@ from storage.store_errors import ConversationNotFound
 FLAG_FIELDS = ("id", "is_finished", "finished_ms", "reopened_ms", "finalized_ms", "open_chunks")
 
 
+#: ``(chunk_id, status, object key, content type, updated_ms)``; ``updated_ms`` as stored
+#: (parsed by the caller, so one bad value spoils only its own conversation).
+ChunkRow = tuple[str, str, str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class WalkCursor:
     project: int = 0
@@ -92,20 +97,31 @@ class RecoveryQueries(StoreCore):
             ))
         return flags
 
-    async def chunk_ages(self, conversation_id: str) -> list[tuple[str, str, str, str, int]]:
-        """``(chunk_id, status, object key, content type, updated_ms)`` of each listed chunk."""
-        ids = cast(list[str], await self.redis.zrange(self.chunks_key(conversation_id), 0, -1))
-        if not ids:
-            return []
+    async def chunk_ages(
+        self, conversation_ids: list[str]
+    ) -> dict[str, list[ChunkRow]]:
+        """Per conversation, the :data:`ChunkRow` of each listed chunk: two pipelined round
+        trips for all of them."""
+        if not conversation_ids:
+            return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk_id in ids:
-                pipe.hmget(self.chunk_key(conversation_id, chunk_id),
+            for cid in conversation_ids:
+                pipe.zrange(self.chunks_key(cid), 0, -1)
+            listed = cast(list[list[str]], await pipe.execute())
+        pairs = [(cid, chunk_id) for cid, ids in zip(conversation_ids, listed, strict=True)
+                 for chunk_id in ids]
+        ages: dict[str, list[ChunkRow]] = {cid: [] for cid in conversation_ids}
+        if not pairs:
+            return ages
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid, chunk_id in pairs:
+                pipe.hmget(self.chunk_key(cid, chunk_id),
                            ["status", "path", "content_type", "updated_ms"])
             rows = cast(list[list[str | None]], await pipe.execute())
-        return [
-            (chunk_id, row[0], row[1] or "", row[2] or "", int(row[3] or 0))
-            for chunk_id, row in zip(ids, rows, strict=True) if row[0] is not None
-        ]
+        for (cid, chunk_id), row in zip(pairs, rows, strict=True):
+            if row[0] is not None:
+                ages[cid].append((chunk_id, row[0], row[1] or "", row[2] or "", row[3] or ""))
+        return ages
 
     async def repair_open_chunks(self, conversation_id: str) -> OpenChunksRepair | None:
         """Recount ``open_chunks`` from the listed chunks (one script); None when the listing
