@@ -1,4 +1,4 @@
-"""``echo-gateway``: dev | serve | worker | backlog | dlq | project create | s3-cors | config.
+"""``echo-gateway``: dev | serve | worker | backlog | dlq | recover | project create | s3-cors | config.
 
 Settings are parsed once here; a bad variable is reported by name and the
 command exits with status 2 before anything starts.
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from config import Settings, SettingsError
 from gateway import cli_dlq
+from gateway import cli_recovery
 from gateway.logging import configure_logging, configure_sentry
 from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
 from storage.redis_client import open_redis
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "s3-cors", help="put CORS rules admitting CORS_ALLOW_ORIGINS on S3_BUCKET (browsers upload there)"
     )
     commands.add_parser("config", help="print the effective settings, secrets masked")
+    cli_recovery.add_parser(commands)
     return parser
 
 
@@ -240,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_dlq.run(settings, args)
     if args.command == "project" and args.project_command == "create":
         return _project_create(settings, args)
+    if args.command == "recover":
+        return cli_recovery.run(settings, args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

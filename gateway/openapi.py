@@ -184,6 +184,21 @@ SCHEMAS: dict[str, Any] = {
         "last_error": STR, "deliveries": INT, "attempts": INT, "dead_at_ms": INT, "type": STR,
         "event_id": STR, "idempotency_key": STR, "payload": {},
     }, ["id", "stream", "original_id", "reason", "last_error", "deliveries", "attempts"]),
+    "StuckItem": _obj({
+        "kind": {"enum": ["conversation", "chunk"]}, "conversation_id": UUID,
+        "chunk_id": {"type": ["string", "null"]}, "status": STR, "age_s": {"type": "number"},
+        "bound_s": {"type": "number"}, "actions": {"type": "array", "items": STR},
+    }, ["kind", "conversation_id", "status", "actions"]),
+    "StuckReport": _obj({
+        "dry_run": BOOL, "examined": {"type": "integer"}, "complete": BOOL, "errors": {"type": "integer"},
+        "duration_s": {"type": "number"}, "stuck_conversations": {"type": "integer"},
+        "stuck_chunks": {"type": "integer"}, "items": {"type": "array", "items": _ref("StuckItem")},
+    }, ["dry_run", "examined", "complete", "items"]),
+    "RecoverResult": _obj({
+        "conversation_id": UUID, "was_finalized": BOOL, "is_finished": BOOL,
+        "open_chunks": {"type": "integer"}, "actions": {"type": "array", "items": STR},
+        "items": {"type": "array", "items": _ref("StuckItem")},
+    }, ["conversation_id", "actions", "items"]),
     "UploadChunkForm": _obj({"chunk": {"type": "string", "contentMediaType": "audio/*"},
                              "timestamp": TIME, "source": STR}, ["chunk"]),
 }
@@ -279,6 +294,17 @@ PATHS: dict[str, Any] = {
         "An auto-select job's progress and merged selection",
         {"200": _json(_ref("Job")), **HOST_ERRORS},
         params=[], extra_params=[_param("job_id", STR)], tags=["host"], host=True)},
+    # Recovery (gateway/admin_recovery.py)
+    "/api/admin/stuck": {"get": _op(
+        "What a stuck-work sweep would find now (a dry run; nothing changes)",
+        {"200": _json(_ref("StuckReport")), **HOST_ERRORS},
+        extra_params=[{"name": "limit", "in": "query", "required": False,
+                       "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
+        tags=["admin"], host=True)},
+    "/api/admin/conversations/{conversation_id}/recover": {"post": _op(
+        "Re-drive a conversation's stuck work now (idempotent); what was done",
+        {"200": _json(_ref("RecoverResult")), **HOST_ERRORS},
+        params=["conversation_id"], tags=["admin"], host=True)},
 }
 
 A = "/api/admin"
