@@ -15,8 +15,7 @@ import structlog
 from aiohttp import web
 
 from config import Settings, SettingsError
-from gateway import cli_dlq
-from gateway import cli_recovery
+from gateway import cli_dlq, cli_recovery
 from gateway.logging import configure_logging, configure_sentry
 from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
 from storage.redis_client import open_redis

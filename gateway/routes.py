@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import admin_streams, auto_select, host, openapi, participant
-from gateway import auto_select, host, openapi, participant
 from gateway.admin_recovery import add_admin_recovery
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, PUBLISHER, REDIS, S3, SETTINGS
