@@ -39,19 +39,28 @@ class CdpError(Exception):
 
 
 class Session:
-    """One DevTools websocket: commands by id, events dropped (the tests poll the DOM)."""
+    """One DevTools websocket: commands by id; events dropped (the tests poll the DOM) except
+    those of a method asked for with :meth:`listen`."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._events: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._reader = asyncio.create_task(self._read())
+
+    def listen(self, method: str) -> asyncio.Queue[dict[str, Any]]:
+        """The params of each ``method`` event from now on, in order."""
+        return self._events.setdefault(method, asyncio.Queue())
 
     async def _read(self) -> None:
         async for msg in self._ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
+            if "method" in data and data["method"] in self._events:
+                self._events[data["method"]].put_nowait(data.get("params", {}))
+                continue
             future = self._waiting.pop(data.get("id", -1), None)
             if future is not None and not future.done():
                 future.set_result(data)
@@ -114,6 +123,21 @@ class Page:
     async def block(self, *url_patterns: str) -> None:
         """Requests to matching URLs fail as a network error would (none: nothing blocked)."""
         await self.session.send("Network.setBlockedURLs", urls=list(url_patterns))
+
+    async def pause_responses(self, url_pattern: str) -> asyncio.Queue[dict[str, Any]]:
+        """Hold the response of each request to a matching URL (``*`` wildcards) until
+        :meth:`release`; the queue gets each held request (``requestId``, ``request``)."""
+        held = self.session.listen("Fetch.requestPaused")
+        await self.session.send(
+            "Fetch.enable", patterns=[{"urlPattern": url_pattern, "requestStage": "Response"}]
+        )
+        return held
+
+    async def release(self, request_id: str, *, stop_pausing: bool = False) -> None:
+        """Let a held response through to the page (and, if asked, hold no more)."""
+        await self.session.send("Fetch.continueRequest", requestId=request_id)
+        if stop_pausing:
+            await self.session.send("Fetch.disable")
 
     async def reload(self) -> None:
         await self.session.send("Page.reload", ignoreCache=True)

@@ -109,10 +109,10 @@
     }
     const cols = ["stream", "group", "length", "lag", "pending", "oldest_pending_age_s", "consumers", "dead_letters", "delayed"];
     const head = el("tr", {}, ...cols.map((c) => el("th", { scope: "col", textContent: c.replaceAll("_", " ") })));
-    const rows = (data.streams || []).map((r) => el("tr", {}, ...cols.map((c) => {
+    const rows = (data.streams || []).map((r) => el("tr", { "data-stream": r.stream, "data-group": r.group }, ...cols.map((c) => {
       const v = r[c];
       const text = v === null || v === undefined ? "" : Array.isArray(v) ? v.length : String(v);
-      return el("td", { textContent: c === "lag" && r.lag_source && r.lag_source !== "redis" ? `${text} (${r.lag_source})` : text });
+      return el("td", { "data-field": c, textContent: c === "lag" && r.lag_source && r.lag_source !== "redis" ? `${text} (${r.lag_source})` : text });
     })));
     box.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
   }
