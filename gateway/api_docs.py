@@ -14,7 +14,8 @@ tests/test_api_openapi.py fails on a served route without ``@endpoint``):
        async def do_thing(request: web.Request, body: ThingRequest) -> web.Response: ...
 
    With ``body=`` the handler gets the validated model (bad JSON or a bad field is a 400
-   ``{"detail": "field: problem", "code": "bad_request"}`` before it runs); without, it
+   ``{"detail": "field: problem", "code": "bad_request"}``, a body that is not JSON a 415,
+   before it runs); without, it
    takes only the request. ``host=True`` checks the host token first (401). Path parameters are UUIDs unless ``path=`` says otherwise;
    ``fed_by=`` names the operations whose answers hold the ids (OpenAPI links).
 """
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.appkeys import SETTINGS
 from gateway.auth import require_host
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -143,6 +145,7 @@ def endpoint(
                 if model is None:
                     response = await handler(request)
                 else:
+                    _check_json_content_type(request)
                     response = await handler(request, parse_body(model, await read_body(request)))
                 return response
 
@@ -151,6 +154,17 @@ def endpoint(
         return wrapped
 
     return decorate
+
+
+def _check_json_content_type(request: web.Request) -> None:
+    """415 unless the body is declared JSON (``application/json``, ``*/*+json``) or not
+    declared at all (clients that send no ``Content-Type`` are read as JSON, as before)."""
+    if "Content-Type" not in request.headers:
+        return
+    media_type = request.content_type
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"request body must be application/json, not {media_type[:100]!r}")
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -162,6 +176,9 @@ async def read_body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body too large: at most {limit} bytes") from None
+    except (HttpProcessingError, ConnectionResetError):
+        # Broken chunked framing, or a body that ended before its Content-Length.
+        raise BadRequest("request body is malformed or ended early", code="malformed_body") from None
 
 
 def parse_body(model: type[M], raw: bytes) -> M:

@@ -25,11 +25,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 class StrictRequest(BaseModel):
     """A request body whose extra fields are refused."""
 
-    # python-re: patterns mean what Python's ``re.search`` (and so the fuzzers) make of them.
-    model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, regex_engine="python-re",
-        populate_by_name=False,
-    )
+    # Patterns are checked by pydantic's Rust engine, whose reading of them (``$`` ends the
+    # string) is JSON Schema's (ECMA 262) for the plain classes they use: no ``\s``, ``\d``
+    # or ``\w``, whose meaning differs between engines.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class TolerantRequest(StrictRequest):
@@ -46,11 +45,11 @@ def _ci(word: str) -> str:
 #: An audio type (or video/mp4, video/webm, which browsers use for audio), parameters such
 #: as ``;codecs=opus`` allowed; the same grammar as :func:`storage.uploads.is_audio_content_type`.
 AUDIO_CONTENT_TYPE_PATTERN = (
-    rf"^\s*(?:{_ci('audio/')}[A-Za-z0-9][A-Za-z0-9.+-]*|{_ci('video/mp4')}|{_ci('video/webm')})"
-    r'(?:\s*;\s*[A-Za-z0-9-]+=(?:"[^"]*"|[A-Za-z0-9._+-]+))*\s*$'
+    rf"^[ \t]*(?:{_ci('audio/')}[A-Za-z0-9][A-Za-z0-9.+-]*|{_ci('video/mp4')}|{_ci('video/webm')})"
+    r'(?:[ \t]*;[ \t]*[A-Za-z0-9-]+=(?:"[^"]*"|[A-Za-z0-9._+-]+))*[ \t]*$'
 )
-#: A string with something in it besides whitespace.
-NOT_BLANK = r"\S"
+#: A string with something in it besides spaces, tabs and line breaks.
+NOT_BLANK = r"[^ \t\r\n]"
 
 
 def _iso_time(value: str) -> str:
@@ -81,11 +80,19 @@ Timestamp = Annotated[
 #: A language tag such as ``en`` or ``nl-BE``.
 Language = Annotated[
     str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9-]+$"),
-    AfterValidator(str.strip),
 ]
 ContentType = Annotated[
     str, Field(max_length=200, pattern=AUDIO_CONTENT_TYPE_PATTERN), AfterValidator(str.strip)
 ]
+
+
+def _unset(description: str | None = None) -> Any:
+    """A field that may be absent but, when present, not null."""
+    return Field(default=None, description=description, json_schema_extra=_drop_default)
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 # --- participant requests -------------------------------------------------------------
@@ -135,11 +142,17 @@ class Telemetry(BaseModel):
 
 
 class UploadChunkForm(BaseModel):
-    """The legacy multipart upload: the ``chunk`` file part (an audio type) streamed to S3."""
+    """The legacy multipart upload: the ``chunk`` file part (an audio type) streamed to S3.
+    Other parts are drained and ignored (their names are header text: no control bytes)."""
 
-    chunk: Annotated[bytes, WithJsonSchema({"type": "string", "contentMediaType": "audio/*"})]
-    timestamp: Timestamp | None = None
-    source: Str64 | None = None
+    model_config = ConfigDict(json_schema_extra={
+        "additionalProperties": True, "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,100}$"}})
+
+    chunk: Annotated[bytes, WithJsonSchema(
+        {"type": "string", "contentMediaType": "audio/*", "minLength": 1})]
+    # Form fields are text: absent, never null.
+    timestamp: Timestamp = _unset("default: the time of the upload")
+    source: Str64 = _unset("default PORTAL_AUDIO")
 
 
 # --- host requests ----------------------------------------------------------------------
@@ -147,15 +160,6 @@ class UploadChunkForm(BaseModel):
 class TagInput(StrictRequest):
     id: UUID | None = None
     text: Filled200
-
-
-def _unset(description: str | None = None) -> Any:
-    """A field that may be absent but, when present, not null."""
-    return Field(default=None, description=description, json_schema_extra=_drop_default)
-
-
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
 
 
 class ProjectInput(StrictRequest):

@@ -62,7 +62,10 @@ def _operation(path: str, spec: Endpoint, schemas: dict[str, Any]) -> dict[str, 
                 for name, text in spec.headers.items()
             }
     error_ref = schema_of(Error, schemas, "response")
-    for status, description in spec.errors.items():
+    errors = dict(spec.errors)
+    if spec.body is not None:
+        errors.setdefault(415, "the body is not JSON")
+    for status, description in sorted(errors.items()):
         responses[str(status)] = _json(error_ref, description)
         if status == 429:
             responses[str(status)]["headers"] = RATE_HEADERS
@@ -74,15 +77,17 @@ def _operation(path: str, spec: Endpoint, schemas: dict[str, Any]) -> dict[str, 
 
 def _add_links(paths: dict[str, Any], specs: list[tuple[str, str, Endpoint]]) -> None:
     by_id = {spec.operation_id: paths[path][method] for path, method, spec in specs}
-    for _, _, spec in specs:
+    for path, _, spec in specs:
+        names = set(_PATH_PARAM.findall(path))
         for feed in spec.fed_by:
             producer = by_id.get(feed.operation)
-            if producer is None:
+            parameters = {k: v for k, v in feed.parameters.items() if k in names}
+            if producer is None or not parameters:
                 continue
             success = next(s for s in sorted(producer["responses"]) if s.startswith("2"))
             links = producer["responses"][success].setdefault("links", {})
             links[spec.operation_id] = {
-                "operationId": spec.operation_id, "parameters": dict(feed.parameters)}
+                "operationId": spec.operation_id, "parameters": parameters}
 
 
 def build_document(app: web.Application) -> dict[str, Any]:

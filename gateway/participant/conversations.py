@@ -98,7 +98,8 @@ async def initiate(request: web.Request, body: InitiateRequest) -> web.Response:
     return json_response(_public_conversation(conversation), headers=decision.headers())
 
 
-@routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id}")
+# "initiate" is not a conversation id: a GET there is a 405, as the document says.
+@routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id:(?!initiate$)[^{}/]+}")
 @endpoint("A conversation (readable even when the project is closed)", tags=TAGS,
           responses={200: Conversation}, errors=COMMON_ERRORS, fed_by=[FROM_INITIATE])
 async def get_conversation(request: web.Request) -> web.Response:

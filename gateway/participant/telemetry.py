@@ -21,9 +21,9 @@ from gateway.responses import json_response
 PING_FIELDS = ("state", "audio_level", "recorded_seconds", "client_ts", "network", "battery",
                "visibility", "mic", "error", "user_agent")
 
-#: Visitor ids: what a Redis key and a path segment can hold.
-VISITOR_ID_PATTERN = r"^[^{}:/\s]+$"
-_VISITOR_ID = re.compile(VISITOR_ID_PATTERN)
+#: Visitor ids: what a Redis key and a path segment can hold (``$``: the end of the string).
+VISITOR_ID_PATTERN = r"^[^{}:/ \t\r\n]+$"
+_VISITOR_ID = re.compile(r"[^{}:/ \t\r\n]+")
 TAGS = ["participant"]
 #: Any JSON: what is not telemetry is ignored, never refused (CONTRACT.md).
 PING_BODY = {"anyOf": [Telemetry.model_json_schema(), {}],
@@ -91,7 +91,7 @@ async def visitor_ping(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
     visitor_id = request.match_info["visitor_id"]
-    if not (0 < len(visitor_id) <= 128) or not _VISITOR_ID.search(visitor_id):
+    if not (0 < len(visitor_id) <= 128) or not _VISITOR_ID.fullmatch(visitor_id):
         raise BadRequest("visitor_id: 1 to 128 characters, no braces, colons, slashes or spaces")
     if await services.store.project_is_open(project_id) is None:
         raise NotFound("Project not found")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import TypeAdapter, ValidationError
 
@@ -182,9 +182,12 @@ async def upload_chunk(request: web.Request) -> web.Response:
                 # Drain unknown parts without keeping them.
                 while await part.read_chunk(64 * 1024):
                     pass
-    except (ValueError, HttpProcessingError) as exc:
-        # aiohttp's part reader raises both (e.g. InvalidHeader for a bad part header).
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+    except ClientError:
+        raise  # an outgoing connection's failure (S3) is not the request's fault
+    except (ValueError, HttpProcessingError, ConnectionResetError) as exc:
+        # aiohttp's part reader raises these for a bad part header (InvalidHeader), broken
+        # framing, or a body that ends before its declared length (the client left).
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_body") from None
     if uploaded is None:
         raise BadRequest("chunk: file part required")
     try:
