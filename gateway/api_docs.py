@@ -13,11 +13,12 @@ tests/test_api_openapi.py fails on a served route without ``@endpoint``):
                  responses={200: Thing}, errors=HOST_ERRORS)
        async def do_thing(request: web.Request, body: ThingRequest) -> web.Response: ...
 
-   With ``body=`` the handler gets the validated model (bad JSON or a bad field is a 400
-   ``{"detail": "field: problem", "code": "bad_request"}``, a body that is not JSON a 415,
-   before it runs); without, it
-   takes only the request. ``host=True`` checks the host token first (401). Path parameters are UUIDs unless ``path=`` says otherwise;
-   ``fed_by=`` names the operations whose answers hold the ids (OpenAPI links).
+   With ``body=`` the handler gets the validated model (bad JSON or field: 400 ``"field:
+   problem"``; a body not declared JSON: 415); without, it takes only the request.
+   ``host=True`` checks the host token (401) before anything else. Path parameters are
+   UUIDs unless ``path=`` says otherwise; ``fed_by=[Feed(operation_id, {...})]`` names
+   the operations whose answers hold the ids (OpenAPI links, for the fuzzer's stateful
+   phase). Operation ids are ``<first tag>_<handler name>``.
 """
 
 from __future__ import annotations
