@@ -55,11 +55,13 @@ UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
 
 @dataclass(frozen=True)
 class Feed:
-    """Ids for this operation's path come from ``operation``'s success answer: ``parameters``
-    maps a path parameter to a runtime expression such as ``$response.body#/id``."""
+    """Ids for this operation come from ``operation``'s success answer: ``parameters`` maps a
+    path parameter, ``body`` a body field, to a runtime expression such as
+    ``$response.body#/id``."""
 
     operation: str
     parameters: Mapping[str, str]
+    body: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

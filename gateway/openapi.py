@@ -82,12 +82,13 @@ def _add_links(paths: dict[str, Any], specs: list[tuple[str, str, Endpoint]]) ->
         for feed in spec.fed_by:
             producer = by_id.get(feed.operation)
             parameters = {k: v for k, v in feed.parameters.items() if k in names}
-            if producer is None or not parameters:
+            if producer is None or not (parameters or feed.body):
                 continue
             success = next(s for s in sorted(producer["responses"]) if s.startswith("2"))
-            links = producer["responses"][success].setdefault("links", {})
-            links[spec.operation_id] = {
-                "operationId": spec.operation_id, "parameters": parameters}
+            link: dict[str, Any] = {"operationId": spec.operation_id, "parameters": parameters}
+            if feed.body:
+                link["requestBody"] = dict(feed.body)  # merged into a generated body
+            producer["responses"][success].setdefault("links", {})[spec.operation_id] = link
 
 
 def build_document(app: web.Application) -> dict[str, Any]:

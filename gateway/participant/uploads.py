@@ -53,7 +53,9 @@ routes = web.RouteTableDef()
 @routes.post(PREFIX + "/conversations/{conversation_id}/get-upload-url")
 @endpoint("A presigned POST for one chunk (40 per 60 s per conversation)", tags=TAGS,
           body=UploadUrlRequest, responses={200: UploadUrlResponse},
-          errors={**WRITE_ERRORS, **RATE_LIMITED}, fed_by=[FROM_INITIATE])
+          errors={**WRITE_ERRORS, **RATE_LIMITED},
+          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"},
+                       body={"conversation_id": "$response.body#/id"})])
 async def get_upload_url(request: web.Request, body: UploadUrlRequest) -> web.Response:
     services = checks.services(request)
     settings = services.settings
@@ -112,7 +114,10 @@ def _confirm_response(confirmation: workflows.Confirmation) -> web.Response:
 @routes.post(PREFIX + "/conversations/{conversation_id}/confirm-upload")
 @endpoint("Confirm an uploaded chunk (idempotent by chunk_id)", tags=TAGS, body=ConfirmRequest,
           responses={200: ConfirmResponse, 202: ConfirmResponse}, errors=WRITE_ERRORS,
-          fed_by=[FROM_INITIATE])
+          fed_by=[FROM_INITIATE, Feed(
+              "participant_get_upload_url", {"conversation_id": "$request.path.conversation_id"},
+              body={"chunk_id": "$response.body#/chunk_id", "file_url": "$response.body#/file_url"},
+          )])
 async def confirm_upload(request: web.Request, body: ConfirmRequest) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
