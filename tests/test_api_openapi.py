@@ -113,3 +113,12 @@ async def test_links_carry_ids_from_initiate_and_project_creation(client: ApiCli
         for answer in op["responses"].values():
             for link in answer.get("links", {}).values():
                 assert link["operationId"] in operations
+
+
+def test_the_host_sets_exactly_the_fields_the_store_keeps_and_the_portal_reads_them() -> None:
+    from gateway.api_models import Project, ProjectInput, PublicProject
+    from storage.projects import PROJECT_FIELDS
+
+    assert set(ProjectInput.model_fields) == set(PROJECT_FIELDS)
+    assert set(PublicProject.model_fields) == set(PROJECT_FIELDS) - {"name"} | {"id"}
+    assert set(PublicProject.model_fields) <= set(Project.model_fields)
