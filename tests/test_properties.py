@@ -27,7 +27,7 @@ from api_support import (
     initiate,
     open_conversation,
 )
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from config import Settings
@@ -135,9 +135,11 @@ async def test_confirm_accepts_only_the_issued_key_whatever_the_file_url(
     resp = await confirm(client, cid, grant, file_url=file_url)
     listed = await (await client.get(f"{P}/projects/{project['id']}/conversations/{cid}/chunks")).json()
     if key_from_file_url(app_settings, file_url) == key_from_file_url(app_settings, grant["file_url"]):
+        event("file_url names the issued key")  # (shown by --hypothesis-show-statistics)
         assert resp.status in (200, 202), await resp.text()
         assert [c["id"] for c in listed] == [grant["chunk_id"]]
     else:
+        event("file_url names another key")
         assert resp.status == 400, (file_url, resp.status)
         body = await resp.json()
         assert isinstance(body["detail"], str) and body["code"]
