@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -144,6 +145,9 @@ class Stack:
             "TRANSCRIBER": "openai", "TRANSCRIBER_URL": self.speech.base_url,
             "TRANSCRIBER_API_KEY": "sk-soak", "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
             "INITIATE_LIMIT_PER_WINDOW": "1000000", "UPLOAD_CONFIRM_WAIT_S": "0.3",
+            # More handlers in flight per group than the default 8: the worker's phase is
+            # then bound by the machine, not by S3's round trips.
+            "STREAM_CONCURRENCY": "32",
             **extra,
         }
 
@@ -178,6 +182,7 @@ class Stack:
         return base, proc
 
     async def worker(self, *groups: str) -> tuple[str, subprocess.Popen[bytes]]:
+        """A worker of ``groups`` (every group if none)."""
         port = free_port()
         args = ["worker", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
         for group in groups:
@@ -448,10 +453,20 @@ async def soak_rows_async(*, requests: int = 100_000, events_total: int = 50_000
         stack = Stack(Path(tmp))
         async with AsyncExitStack() as exits:
             await stack.start(exits)
+            started = time.monotonic()
             rows = await redis_memory_rows(stack, idle, finalized, chunks)
+            _progress(f"redis memory: {time.monotonic() - started:.0f} s")
+            started = time.monotonic()
             rows += await gateway_rss_rows(stack, requests, conversations, connections)
+            _progress(f"gateway RSS: {time.monotonic() - started:.0f} s")
+            started = time.monotonic()
             rows += await worker_rss_rows(stack, events_total)
+            _progress(f"worker RSS: {time.monotonic() - started:.0f} s")
     return rows
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def soak_rows(**kw: Any) -> list[Row]:
