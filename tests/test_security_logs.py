@@ -44,7 +44,8 @@ class DebugLoggingStack(FaultStack):
     def __init__(self, root: Path, **kw: Any) -> None:
         super().__init__(root, **kw)
         self.redis = RedisServer(root / "redis", persistent=True,
-                                 extra_args=("--requirepass", REDIS_PASSWORD))
+                                 extra_args=("--appendfsync", "always",
+                                             "--requirepass", REDIS_PASSWORD))
 
     @property
     def env(self) -> dict[str, str]:
