@@ -1,5 +1,10 @@
 """schemathesis checks for tests/test_api_fuzz.py (loaded through ``SCHEMATHESIS_HOOKS``).
 
+``negative_data_rejection`` is replaced by :func:`schema_violating_requests_are_refused`:
+the same check, less one case that cannot exist on the wire. A multipart file part (the
+legacy upload's ``chunk``) is bytes: a "type" mutation of it (an object where the
+document says string) arrives as the object's JSON text, which is a valid file.
+
 ``positive_data_acceptance`` is replaced by :func:`schema_valid_requests_are_accepted`: the
 contract answers 400 to a few requests the document cannot describe (a ``file_url`` of
 another conversation, an unknown tag id, a body ``conversation_id`` that differs from the
@@ -12,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import schemathesis
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 #: 400 codes of refusals that depend on state or on another field, not on the schema.
 SEMANTIC_400_CODES = frozenset({"unknown_tag_ids", "conversation_id_mismatch", "foreign_file_url"})
@@ -39,6 +45,32 @@ def schema_valid_requests_are_accepted(ctx: Any, response: Any, case: Any) -> bo
     raise AssertionError(
         f"a schema-valid request was refused: {status} {response.text[:300]}"
     )
+
+
+#: Multipart file parts: their content is bytes whatever a generator put in them.
+FILE_PARTS = ("/properties/chunk",)
+
+
+def _mutates_only_a_file_part_type(case: Any) -> bool:
+    if not str(getattr(case, "media_type", "") or "").startswith("multipart/"):
+        return False
+    data = case.meta.phase.data
+    texts = [str(getattr(data, "description", "") or "")]
+    texts += [str(m) for m in (getattr(data, "mutations", None) or [])]
+    described = [t for t in texts if t]
+    return bool(described) and all(
+        "type" in t and any(part in t for part in FILE_PARTS) for t in described)
+
+
+@schemathesis.check
+def schema_violating_requests_are_refused(ctx: Any, response: Any, case: Any) -> bool | None:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_negative:
+        return None
+    if _mutates_only_a_file_part_type(case):
+        return None
+    result: bool | None = negative_data_rejection(ctx, response, case)
+    return result
 
 
 # The legacy upload's ``chunk`` part is sent as audio/webm: random bytes, as for any file.
