@@ -6,8 +6,9 @@ once and shared; nobody makes a connection per operation.
 
 Failure behaviour, which the HTTP layer relies on:
 
-* a busy pool makes callers wait (``BlockingConnectionPool``) up to
-  ``pool_timeout_s``, never fail at once;
+* a busy pool makes callers wait (``BlockingConnectionPool``; on Cluster
+  :class:`storage.redis_cluster.WaitingRedisCluster`) up to ``pool_wait_s``,
+  never fail at once;
 * a dead connection (Redis restarted) is found by ``health_check_interval``
   or on use, dropped, and the command retried on a new one with exponential
   back-off, so the process recovers on its own;
@@ -35,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import RedisSettings
+from storage.redis_cluster import WaitingRedisCluster
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -139,8 +141,9 @@ def _make_redis(
         raise ValueError("REDIS_URL is not set")
     if settings.redis_cluster:
         cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_error",)}
-        cluster = RedisCluster.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, **cluster_kwargs
+        cluster = WaitingRedisCluster.from_url(
+            settings.redis_url, max_in_flight=settings.redis_max_connections,
+            pool_wait_s=timeouts.pool_wait_s, **cluster_kwargs,
         )
         return cluster, []
     pool = BlockingConnectionPool.from_url(

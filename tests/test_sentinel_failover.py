@@ -1,0 +1,165 @@
+"""Sentinel failover under traffic: the master is killed (SIGKILL) while participants talk to
+the gateway; the gateway and a worker follow the promoted replica by themselves.
+
+Real processes: a master, a replica and three Sentinels (tests/sentinel_support.py), the
+session's S3. The gateway app runs on aiohttp's test server; the worker is a worker
+application (every consumer group) in this process, on its own Redis client. Participants
+initiate a conversation, send a text chunk and finish, so each conversation's finalize
+event crosses the ``transcription`` stream to the worker. During the failover a request may
+answer 503 (never 500, never hang); afterwards everything succeeds again, and conversations
+finished after the failover are finalized by the worker. The seconds to recover are printed
+(timing is not asserted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from api_support import ADMIN_TOKEN, HOST_HEADERS, ApiClient, P, build_app
+from pytest_aiohttp import AiohttpClient
+from sentinel_support import SentinelSetup
+from waiting import wait_until
+
+from config import Settings
+from gateway.app import create_worker_app
+from gateway.consumers import worker_background
+from storage.conversations import ConversationStore
+from storage.redis_client import open_redis
+from storage.s3_client import S3Client
+
+#: A request that takes longer than this is a hang.
+REQUEST_TIMEOUT_S = 10.0
+#: Conversations that must go through, start to finalized, after the master died.
+AFTER_FAILOVER = 5
+
+
+@dataclass
+class Traffic:
+    """What the participants saw: every answer, with when it came."""
+
+    statuses: list[tuple[float, str, int]] = field(default_factory=list)
+    #: Conversations whose finish answered 200, with the time of that answer.
+    finished: list[tuple[float, str]] = field(default_factory=list)
+
+    def unexpected(self) -> list[tuple[float, str, int]]:
+        return [s for s in self.statuses if not (200 <= s[2] < 300 or s[2] == 503)]
+
+
+async def _call(client: ApiClient, traffic: Traffic, name: str, path: str,
+                body: dict[str, Any] | None = None) -> Any:
+    """POST until it answers 2xx; a 503 is retried (as the portal does) after a pause."""
+    while True:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            resp = await client.post(path, json=body)
+            payload = await resp.json()
+        traffic.statuses.append((time.monotonic(), name, resp.status))
+        if resp.status == 503:
+            await asyncio.sleep(0.05)
+            continue
+        assert 200 <= resp.status < 300, (name, resp.status, payload)
+        return payload
+
+
+async def participants(client: ApiClient, project_id: str, traffic: Traffic,
+                       stop: asyncio.Event) -> None:
+    """One participant after another: initiate, a text chunk, finish."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        conversation = await _call(
+            client, traffic, "initiate", f"{P}/projects/{project_id}/conversations/initiate",
+            {"name": f"P{n}", "tag_id_list": [], "source": "PORTAL_AUDIO"},
+        )
+        cid = conversation["id"]
+        await _call(client, traffic, "upload-text", f"{P}/conversations/{cid}/upload-text",
+                    {"timestamp": "2026-01-01T10:00:00Z", "content": f"words of {n}"})
+        await _call(client, traffic, "finish", f"{P}/conversations/{cid}/finish")
+        traffic.finished.append((time.monotonic(), cid))
+
+
+@pytest.fixture
+async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelSetup]:
+    async with SentinelSetup(tmp_path / "sentinel") as setup:
+        yield setup
+
+
+@pytest.fixture
+def failover_settings(sentinels: SentinelSetup, s3_env: dict[str, str]) -> Settings:
+    return Settings.from_env({
+        **sentinels.env, **s3_env, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "error",
+        "LOG_FORMAT": "json", "STREAM_LEASE_S": "2", "SHUTDOWN_GRACE_S": "1",
+        # Text chunks need no transcriber: the provider is configured but never called.
+        "TRANSCRIBER": "openai", "TRANSCRIBER_URL": "http://127.0.0.1:9",
+        "TRANSCRIBER_API_KEY": "unused",
+    })
+
+
+@pytest.fixture
+async def worker(failover_settings: Settings) -> AsyncIterator[None]:
+    """A worker process's application (every consumer group), running here."""
+    runner = web.AppRunner(create_worker_app(failover_settings,
+                                             background=worker_background([])))
+    await runner.setup()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.test_timeout(110)
+async def test_gateway_and_worker_follow_the_promoted_replica_answering_only_503_meanwhile(
+    sentinels: SentinelSetup, failover_settings: Settings, aiohttp_client: AiohttpClient,
+    s3: S3Client, worker: None,
+) -> None:
+    client = await aiohttp_client(build_app(failover_settings))
+    resp = await client.post("/api/host/projects", json={"name": "Failover", "language": "en"},
+                             headers=HOST_HEADERS)
+    assert resp.status == 201, await resp.text()
+    project_id = (await resp.json())["id"]
+    old_master = sentinels.master.port
+
+    traffic, stop = Traffic(), asyncio.Event()
+    running = asyncio.create_task(participants(client, project_id, traffic, stop))
+    try:
+        await wait_until(lambda: len(traffic.finished) >= 3, timeout_s=30,
+                         message="no traffic before the failover")
+        await sentinels.sync_replica()
+        killed_at = time.monotonic()
+        sentinels.kill_master()
+        await wait_until(
+            lambda: sum(at > killed_at for at, _ in traffic.finished), timeout_s=60,
+            until=lambda n: n >= AFTER_FAILOVER, interval_s=0.1,
+            message="the gateway did not serve again after the failover",
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=REQUEST_TIMEOUT_S * 4)
+
+    assert await sentinels.master_port() != old_master
+    assert traffic.unexpected() == []
+    refused = [s for s in traffic.statuses if s[2] == 503]
+    recovered_at = min(at for at, _name, status in traffic.statuses
+                       if at > killed_at and 200 <= status < 300)
+    print(f"\nSentinel failover: the first request served {recovered_at - killed_at:.2f} s "
+          f"after SIGKILL of the master; {len(refused)} answers were 503 meanwhile, "
+          f"{len(traffic.statuses)} requests in all")
+
+    # The worker follows too: every conversation finished after the failover is finalized.
+    async with open_redis(failover_settings) as redis:
+        store = ConversationStore(redis)
+        after = [cid for at, cid in traffic.finished if at > killed_at]
+
+        async def finalized() -> int:
+            conversations = [await store.get_conversation(cid) for cid in after]
+            return sum(bool(c and c["finalized_at"]) for c in conversations)
+
+        await wait_until(finalized, until=lambda n: n == len(after), timeout_s=60,
+                         interval_s=0.2, message="the worker did not finalize after failover")
