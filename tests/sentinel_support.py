@@ -130,6 +130,16 @@ class SentinelSetup:
             acked = await master.wait(1, 5000)
         assert acked == 1, "the replica did not acknowledge the master's writes"
 
+    async def force_failover(self) -> None:
+        """``SENTINEL FAILOVER``: the replica is promoted and the old master, still running,
+        is made its replica (clients still connected to it get READONLY on writes)."""
+        async with _client(self.sentinel_ports[0]) as sentinel:
+            await sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)  # type: ignore[no-untyped-call]
+
+    async def old_master_is_replica(self) -> bool:
+        """The first master now reports the replica role."""
+        return (await _info(self.master.port, "replication")).get("role") == "slave"
+
     def kill_master(self) -> None:
         """SIGKILL the master, as a crash of its machine would."""
         self.master.kill()
