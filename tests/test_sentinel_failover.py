@@ -26,10 +26,12 @@ from aiohttp import web
 from api_support import ADMIN_TOKEN, HOST_HEADERS, ApiClient, P, build_app
 from pytest_aiohttp import AiohttpClient
 from sentinel_support import SentinelSetup
+from structlog.testing import capture_logs
 from waiting import wait_until
 
 from config import Settings
 from gateway.app import create_worker_app
+from gateway.appkeys import METRICS_REGISTRY
 from gateway.consumers import worker_background
 from storage.conversations import ConversationStore
 from storage.redis_client import open_redis
@@ -39,6 +41,9 @@ from storage.s3_client import S3Client
 REQUEST_TIMEOUT_S = 10.0
 #: Conversations that must go through, start to finalized, after the master died.
 AFTER_FAILOVER = 5
+#: Between two participants: enough traffic to meet the failover, little for the worker to
+#: catch up on afterwards.
+PAUSE_S = 0.1
 
 
 @dataclass
@@ -50,6 +55,8 @@ class Traffic:
     finished: list[tuple[float, str]] = field(default_factory=list)
     #: Conversations a later request did not find (404), as ``finished``.
     lost: list[tuple[float, str]] = field(default_factory=list)
+    #: When the master was killed or the failover asked for.
+    failed_at: float = 0.0
 
     def unexpected(self) -> list[tuple[float, str, int]]:
         return [s for s in self.statuses if not (200 <= s[2] < 300 or s[2] in (404, 503))]
@@ -96,6 +103,45 @@ async def participants(client: ApiClient, project_id: str, traffic: Traffic,
             traffic.lost.append((started_at, cid))
             continue
         traffic.finished.append((started_at, cid))
+        await asyncio.sleep(PAUSE_S)
+
+
+async def _fail_over(sentinels: SentinelSetup, failure: str, traffic: Traffic,
+                     running: asyncio.Task[None], stop: asyncio.Event) -> tuple[float, float]:
+    """Under traffic, make the failure and wait until the failover is over and the gateway
+    served :data:`AFTER_FAILOVER` more participants; stop the traffic. Returns when the
+    Sentinels named the new master and when the failover was over."""
+    old_master = sentinels.master.port
+    try:
+        await wait_until(lambda: len(traffic.finished) >= 3, timeout_s=30,
+                         message="no traffic before the failover")
+        await sentinels.sync_replica()
+        traffic.failed_at = time.monotonic()
+        if failure == "sigkill":
+            sentinels.kill_master()
+        else:
+            await sentinels.force_failover()
+        # Over once the Sentinels name the replica, and a demoted master took its new role
+        # (until then it may still take writes that its resync will drop).
+        await wait_until(sentinels.master_port, until=lambda port: port != old_master,
+                         timeout_s=60, interval_s=0.05, message="the Sentinels never failed over")
+        named_at = time.monotonic()
+        if failure != "sigkill":
+            await wait_until(sentinels.old_master_is_replica, timeout_s=60, interval_s=0.05,
+                             message="the old master was never made a replica")
+        settled_at = time.monotonic()
+
+        def served_after_failover() -> int:
+            if running.done():
+                running.result()  # a participant's failure, at once
+            return sum(at > settled_at for at, _ in traffic.finished)
+
+        await wait_until(served_after_failover, timeout_s=60, until=lambda n: n >= AFTER_FAILOVER,
+                         interval_s=0.1, message="the gateway did not serve again after the failover")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=REQUEST_TIMEOUT_S * 4)
+    return named_at, settled_at
 
 
 @pytest.fixture
@@ -144,41 +190,20 @@ async def test_gateway_and_worker_follow_the_promoted_replica_answering_only_503
                              headers=HOST_HEADERS)
     assert resp.status == 201, await resp.text()
     project_id = (await resp.json())["id"]
-    old_master = sentinels.master.port
 
     traffic, stop = Traffic(), asyncio.Event()
     running = asyncio.create_task(participants(client, project_id, traffic, stop))
-    try:
-        await wait_until(lambda: len(traffic.finished) >= 3, timeout_s=30,
-                         message="no traffic before the failover")
-        await sentinels.sync_replica()
-        failed_at = time.monotonic()
-        if failure == "sigkill":
-            sentinels.kill_master()
-        else:
-            await sentinels.force_failover()
-        # Over once the Sentinels name the replica, and a demoted master took its new role
-        # (until then it may still take writes that its resync will drop).
-        await wait_until(sentinels.master_port, until=lambda port: port != old_master,
-                         timeout_s=60, interval_s=0.05, message="the Sentinels never failed over")
-        named_at = time.monotonic()
-        if failure != "sigkill":
-            await wait_until(sentinels.old_master_is_replica, timeout_s=60, interval_s=0.05,
-                             message="the old master was never made a replica")
-        settled_at = time.monotonic()
-
-        def served_after_failover() -> int:
-            if running.done():
-                running.result()  # a participant's failure, at once
-            return sum(at > settled_at for at, _ in traffic.finished)
-
-        await wait_until(served_after_failover, timeout_s=60, until=lambda n: n >= AFTER_FAILOVER,
-                         interval_s=0.1, message="the gateway did not serve again after the failover")
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, timeout=REQUEST_TIMEOUT_S * 4)
+    with capture_logs() as logs:
+        named_at, settled_at = await _fail_over(sentinels, failure, traffic, running, stop)
+    failed_at = traffic.failed_at
 
     assert traffic.unexpected() == []
+    # The API's auto-pipelined connection followed too: it connected again, to the new master.
+    connects = client.app[METRICS_REGISTRY].get_sample_value(
+        "echo_redis_autopipeline_connects_total")
+    assert connects is not None and connects >= 2
+    # Both processes' clients saw the switch themselves (storage.redis_client.follow_master).
+    assert sum(e["event"] == "redis_master_switched" for e in logs) >= 2, logs
     # Only a failover whose old master lived on loses writes: those it took after the promotion,
     # before it turned replica (Redis replicates asynchronously); never once it is over.
     assert all(failed_at - 1 < at < settled_at for at, _ in traffic.lost), traffic.lost
@@ -204,3 +229,9 @@ async def test_gateway_and_worker_follow_the_promoted_replica_answering_only_503
 
         await wait_until(finalized, until=lambda n: n == len(after), timeout_s=60,
                          interval_s=0.2, message="the worker did not finalize after failover")
+        # Measured, not asserted: conversations finished (200) during the failover that the
+        # new master does not have (a forced failover's old master took them; see above).
+        window = [cid for at, cid in traffic.finished if failed_at - 1 < at <= settled_at]
+        missing = [cid for cid in window if await store.get_conversation(cid) is None]
+        print(f"Sentinel failover ({failure}): {len(missing)} of {len(window)} conversations "
+              "finished during the failover are missing afterwards")
