@@ -225,7 +225,7 @@ async def test_a_caller_that_waits_past_the_pool_timeout_gets_a_connection_error
     two = settings.replace(redis_max_connections=2)
     async with open_redis(two, RedisTimeouts(pool_wait_s=0.1)) as client:
         async def hold(n: int) -> Any:
-            return await client.blpop([f"held-{n}"], timeout=3)
+            return await client.blpop([f"held-{n}"], timeout=2)
 
         holders = [asyncio.create_task(hold(n)) for n in range(2)]
         await wait_until(lambda: blocked_clients(redis), until=lambda n: n == 2,
