@@ -62,7 +62,9 @@ class SentinelSetup:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.master = RedisServer(data_dir / "master")
+        # No 5 s wait before the first full sync of a replica (repl-diskless-sync-delay).
+        self.master = RedisServer(data_dir / "master",
+                                  extra_args=("--repl-diskless-sync-delay", "0"))
         self.replica = RedisServer(data_dir / "replica")
         self.sentinel_ports = [free_port() for _ in range(SENTINELS)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
