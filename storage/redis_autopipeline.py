@@ -245,12 +245,15 @@ class AutoPipeline:
         if self._out and not self._closed:
             self._flush()
 
-    def master_switched(self) -> None:
-        """The Sentinels named another master (``storage.redis_client.follow_master``): drop
-        the connection, failing what awaits a reply on it with ``ConnectionError`` (never
-        re-sent); the next command connects to the new master."""
+    def master_switched(self, master: tuple[str, int]) -> None:
+        """The Sentinels named ``master`` (``storage.redis_client.follow_master``): unless
+        already connected to it, drop the connection, failing what awaits a reply on it with
+        ``ConnectionError`` (never re-sent); the next command connects to the new master."""
         protocol = self._protocol
-        if protocol is not None:
+        if protocol is None or protocol.transport is None:
+            return
+        peer = protocol.transport.get_extra_info("peername")
+        if peer is None or (str(peer[0]), int(peer[1])) != master:
             protocol.drop(RedisConnectionError("the Redis master changed"))
 
     async def aclose(self) -> None:

@@ -88,18 +88,30 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py: unannotated
-        self.on_master_switch: list[Callable[[], None]] = []
+        self.on_master_switch: list[Callable[[tuple[str, int]], None]] = []
 
 
 #: How often a Sentinel client asks which server is the master.
 MASTER_CHECK_INTERVAL_S = 1.0
 
 
+async def _close_connections_elsewhere(
+    pool: BlockingSentinelConnectionPool, master: tuple[str, int]
+) -> None:
+    """Close the pool's idle connections, and those in use that are not to ``master`` (the
+    ones already on it carry on: their commands are not cut off and retried)."""
+    await pool.disconnect(inuse_connections=False)
+    # redis-py keeps the checked-out connections in this set and offers no public view.
+    stale = [c for c in list(pool._in_use_connections)
+             if (getattr(c, "host", None), getattr(c, "port", None)) != master]
+    await asyncio.gather(*(c.disconnect() for c in stale), return_exceptions=True)
+
+
 async def follow_master(
     pool: BlockingSentinelConnectionPool, interval_s: float = MASTER_CHECK_INTERVAL_S
 ) -> None:
     """Ask the Sentinels for the master every ``interval_s``; when they name another one,
-    close every connection of the pool, in use or not, and run ``on_master_switch``.
+    close every connection of the pool not to it, in use or not, and run ``on_master_switch``.
 
     redis-py asks for the master only when it opens a connection, so without this the
     pool's open connections would keep writing to a demoted master that is still running
@@ -118,9 +130,9 @@ async def follow_master(
                 log.warning("redis_master_switched", old=f"{last[0]}:{last[1]}",
                             new=f"{address[0]}:{address[1]}")
                 pool.master_address = address
-                await pool.disconnect(inuse_connections=True)
+                await _close_connections_elsewhere(pool, address)
                 for callback in list(pool.on_master_switch):
-                    callback()
+                    callback((str(address[0]), int(address[1])))
             last = (str(address[0]), int(address[1]))
         await asyncio.sleep(interval_s)
 
