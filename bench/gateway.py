@@ -15,7 +15,11 @@ round are close in time, so their ratio cancels drift best), with the ratio of
 the medians beside it. Target: the gateway reaches at least 0.35 of the
 bare handler.
 
-    .venv/bin/python bench/gateway.py [--duration 10] [--rounds 5] [--connections 16] [--conversations 12000]
+With ``--compare-root DIR`` (another checkout, e.g. ``git archive <commit> | tar -x -C DIR``)
+a third server, that tree's gateway, joins the same rounds, and the ratio of this
+gateway to that one is printed too: a before/after comparison in one run.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--rounds 5] [--connections 16] [--conversations 12000] [--compare-root DIR]
 """
 
 from __future__ import annotations
@@ -152,6 +156,8 @@ async def main() -> int:
     parser.add_argument("--conversations", type=int, default=12000,
                         help="spread over enough that none gets 40 requests in a minute")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server")
+    parser.add_argument("--compare-root", type=Path, default=None,
+                        help="another source tree whose gateway runs in the same rounds")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed (apt-get install wrk)", file=sys.stderr)
@@ -174,11 +180,14 @@ async def main() -> int:
             try:
                 # Both servers run for the whole benchmark; rounds alternate between them, so
                 # drift in the machine's speed (other tenants, frequency) hits both alike.
-                for name, source in (("bare", SERVE_BARE), ("gateway", SERVE_GATEWAY)):
+                plan = [("bare", SERVE_BARE, ROOT), ("gateway", SERVE_GATEWAY, ROOT)]
+                if args.compare_root is not None:
+                    plan.append(("before", SERVE_GATEWAY, args.compare_root.resolve()))
+                for name, source, root in plan:
                     port = free_port()
                     # Started once, before anything is timed: a blocking spawn is harmless here.
                     servers[name] = port, subprocess.Popen(  # noqa: ASYNC220
-                        [sys.executable, "-c", source % {"root": str(ROOT), "port": port}], env=env,
+                        [sys.executable, "-c", source % {"root": str(root), "port": port}], env=env,
                         stdout=subprocess.DEVNULL,
                     )
                 for name, (port, proc) in servers.items():
@@ -187,17 +196,20 @@ async def main() -> int:
                                            args.conversations)
                 ids_file.write_text("\n".join(ids) + "\n")
                 script.write_text(WRK_SCRIPT % {"ids": ids_file})
-                runs: dict[str, list[dict[str, float]]] = {"bare": [], "gateway": []}
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
                 for name, (port, _) in servers.items():
                     _wrk(port, script, 2, args.connections)  # warm-up
+                names = list(servers)
                 for round_no in range(args.rounds):
-                    order = ("bare", "gateway") if round_no % 2 == 0 else ("gateway", "bare")
+                    # Each server goes first in turn (two servers: alternate).
+                    shift = round_no % len(names)
+                    order = names[shift:] + names[:shift]
                     for name in order:
                         runs[name].append(_wrk(servers[name][0], script, args.duration,
                                                args.connections))
-                    print(f"round {round_no + 1}: bare {runs['bare'][-1]['rps']:.0f} req/s, "
-                          f"gateway {runs['gateway'][-1]['rps']:.0f} req/s, ratio "
-                          f"{runs['gateway'][-1]['rps'] / runs['bare'][-1]['rps']:.2f}")
+                    print(f"round {round_no + 1}: " + ", ".join(
+                        f"{name} {runs[name][-1]['rps']:.0f} req/s" for name in names
+                    ) + f", ratio {runs['gateway'][-1]['rps'] / runs['bare'][-1]['rps']:.2f}")
             finally:
                 for _, proc in servers.values():
                     proc.send_signal(signal.SIGTERM)
@@ -216,6 +228,13 @@ async def main() -> int:
     print(f"ratio of the medians  : {gw['rps'] / bare['rps']:.2f}")
     print(f"ratio, median round   : {ratio:.2f} (target >= 0.35; rounds "
           f"{', '.join(f'{r:.2f}' for r in round_ratios)})")
+    if "before" in results:
+        before = results["before"]
+        after_ratios = sorted(g["rps"] / b["rps"] for b, g in zip(runs["before"], runs["gateway"]))
+        print(f"before (--compare-root): {before['rps']:8.0f} req/s   p99 {before['p99_ms']:6.2f} ms"
+              f"   non-2xx {before['non2xx']}")
+        print(f"this tree / before    : {after_ratios[len(after_ratios) // 2]:.2f} (median round; "
+              f"rounds {', '.join(f'{r:.2f}' for r in after_ratios)})")
     if gw["non2xx"]:
         # 429s are cheaper than grants: the numbers above would flatter the gateway.
         print(f"INVALID: {gw['non2xx']} gateway answers were not 2xx; use more --conversations",

@@ -8,6 +8,7 @@ from config.http_settings import HttpSettings
 from config.llm_settings import LlmSettings
 from config.observability_settings import ObservabilitySettings
 from config.parsing import Secret, SettingsError
+from config.recovery_settings import RecoverySettings
 from config.redis_settings import RedisSettings
 from config.s3_settings import S3Settings
 from config.section import SettingsSection
@@ -19,6 +20,7 @@ __all__ = [
     "HttpSettings",
     "LlmSettings",
     "ObservabilitySettings",
+    "RecoverySettings",
     "RedisSettings",
     "S3Settings",
     "Secret",

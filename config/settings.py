@@ -1,7 +1,7 @@
 """The typed settings object: parsed once from the environment, then passed in.
 
 ``Settings`` is the composition of one section per concern (Redis, S3, LLM,
-transcription, HTTP, observability, streams). Code reads any field from it
+transcription, HTTP, observability, streams, recovery). Code reads any field from it
 (``settings.redis_key_prefix``); a function that needs one concern is typed
 with that section (``open_redis(settings: RedisSettings)``), and a ``Settings``
 is accepted there since it inherits every section.
@@ -15,6 +15,7 @@ from config.http_settings import HttpSettings
 from config.llm_settings import LlmSettings
 from config.observability_settings import ObservabilitySettings
 from config.parsing import Secret, SettingsError
+from config.recovery_settings import RecoverySettings
 from config.redis_settings import RedisSettings
 from config.s3_settings import S3Settings
 from config.stream_settings import StreamSettings
@@ -29,6 +30,7 @@ __all__ = ["Secret", "Settings", "SettingsError"]
 # the README table and `echo-gateway config` (Redis first, streams last).
 @dataclass(frozen=True, repr=False)
 class Settings(
+    RecoverySettings,
     StreamSettings,
     ObservabilitySettings,
     HttpSettings,

@@ -46,6 +46,12 @@ def _remember_ports(data_dir: Path, ports: dict[str, int]) -> None:
     (data_dir / "ports.json").write_text(json.dumps(ports))
 
 
+def dev_redis_url(data_dir: Path) -> str | None:
+    """The URL of the private Redis ``dev`` runs for ``data_dir`` (None: it never ran one)."""
+    port = _remembered_ports(data_dir.resolve()).get("redis")
+    return f"redis://127.0.0.1:{port}/0" if port else None
+
+
 async def wait_for_bucket(settings: Settings, timeout_s: float = BUCKET_READY_TIMEOUT_S) -> None:
     """Create the bucket, retrying while a just-started S3 server warms up."""
     deadline = asyncio.get_running_loop().time() + timeout_s

@@ -14,6 +14,7 @@ from gateway.appkeys import HTTP_METRICS, METRICS_REGISTRY, SETTINGS
 from gateway.lifecycle import redis_ctx, s3_ctx
 from gateway.metrics import HttpMetrics
 from gateway.middlewares import gateway_middleware_factory
+from gateway.pages import add_page_routes
 from gateway.routes import add_api_routes
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, background: Sequence[CleanupCtx] = ()) -> 
         ),
     ])
     add_api_routes(app)
+    add_page_routes(app)
     app.cleanup_ctx.extend(background)
     return app
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gateway.api_services import ApiServices
     from gateway.metrics import HttpMetrics
     from llm.lifecycle import LlmService
+    from recovery.sweeper import StuckSweeper
     from storage.redis_client import RedisClient
     from storage.s3_client import S3Client
     from streams.publisher import Publisher
@@ -43,3 +44,8 @@ TRANSCRIPTION: web.AppKey[TranscriptionService] = web.AppKey("transcription")
 
 #: The consumer groups this process runs (worker processes and ``dev``).
 CONSUMERS: web.AppKey[ConsumerRuntime] = web.AppKey("stream_consumers")
+
+#: The demo project ``dev`` made on its first start (the landing page links it); unset elsewhere.
+DEMO_PROJECT_ID: web.AppKey[str] = web.AppKey("demo_project_id")
+#: The stuck-work sweeper (worker processes and ``dev`` run its loop; the admin routes use it).
+RECOVERY: web.AppKey[StuckSweeper] = web.AppKey("recovery")

@@ -16,25 +16,26 @@ from aiohttp import web
 
 from events import catalogue as events
 from gateway import validation as v
+from gateway.api_docs import HOST_ERRORS, Feed, endpoint
+from gateway.api_models import AutoSelectAccepted, AutoSelectRequest, Job
 from gateway.appkeys import API_SERVICES, LLM
-from gateway.auth import require_host
 from gateway.errors import NotFound
 from gateway.middlewares import request_id_of
 from gateway.responses import json_response
 
 routes = web.RouteTableDef()
 
-MAX_QUERY_CHARS = 2000
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @routes.post("/api/projects/{project_id}/auto-select")
-async def start_auto_select(request: web.Request) -> web.Response:
-    require_host(request)
+@endpoint("Ask which of a project's conversations answer a question (an LLM job, batch by batch)",
+          tags=["host"], host=True, body=AutoSelectRequest, responses={202: AutoSelectAccepted},
+          errors=HOST_ERRORS, headers={"Location": "the job's status URL"},
+          fed_by=[Feed("host_create_project", {"project_id": "$response.body#/id"})])
+async def start_auto_select(request: web.Request, body: AutoSelectRequest) -> web.Response:
     project_id = v.path_uuid(request, "project_id")
-    body = await v.read_json_object(request)
-    query = v.string(body, "query", max_len=MAX_QUERY_CHARS, allow_empty=False).strip()
-    language = v.language_tag(body)
+    query, language = body.query.strip(), body.language
     services = request.app[API_SERVICES]
     if await services.store.get_project(project_id) is None:
         raise NotFound(f"project {project_id} not found", code="project_not_found")
@@ -55,8 +56,10 @@ async def start_auto_select(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/jobs/{job_id}")
+@endpoint("An auto-select job's progress and merged selection", tags=["host"], host=True,
+          responses={200: Job}, errors=HOST_ERRORS, path={"job_id": {"type": "string"}},
+          fed_by=[Feed("host_start_auto_select", {"job_id": "$response.body#/job_id"})])
 async def get_job(request: web.Request) -> web.Response:
-    require_host(request)
     job_id = request.match_info["job_id"]
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound("job not found", code="job_not_found")

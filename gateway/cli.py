@@ -1,4 +1,4 @@
-"""``echo-gateway``: dev | serve | worker | backlog | project create | s3-cors | config.
+"""``echo-gateway``: dev | serve | worker | backlog | dlq | recover | project create | s3-cors | config.
 
 Settings are parsed once here; a bad variable is reported by name and the
 command exits with status 2 before anything starts.
@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from config import Settings, SettingsError
+from gateway import cli_dlq, cli_recovery
 from gateway.logging import configure_logging, configure_sentry
 from gateway.runner import run_async, serve_app, supervise, wait_for_stop_signal
 from storage.redis_client import open_redis
@@ -56,17 +57,23 @@ def _parser() -> argparse.ArgumentParser:
 
     backlog = commands.add_parser("backlog", help="one line per stream and consumer group")
     backlog.add_argument("--json", action="store_true")
+    cli_dlq.add_parser(commands)
 
     project = commands.add_parser("project", help="manage projects")
     project_commands = project.add_subparsers(dest="project_command", required=True)
     create = project_commands.add_parser("create", help="create a project and print its id")
     create.add_argument("--name", required=True)
     create.add_argument("--language", default="en")
+    create.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="use the private Redis of a running `echo-gateway dev --data-dir DIR`",
+    )
 
     commands.add_parser(
         "s3-cors", help="put CORS rules admitting CORS_ALLOW_ORIGINS on S3_BUCKET (browsers upload there)"
     )
     commands.add_parser("config", help="print the effective settings, secrets masked")
+    cli_recovery.add_parser(commands)
     return parser
 
 
@@ -93,7 +100,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from devstack.stack import local_stack
+    from gateway import first_run
     from gateway.app import create_app
+    from gateway.appkeys import DEMO_PROJECT_ID
     from gateway.consumers import worker_background
     from gateway.lifecycle import llm_ctx
     from storage.s3_client import open_s3
@@ -101,6 +110,8 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with local_stack(settings, args.data_dir) as effective:
+            run = await first_run.prepare(effective, args.data_dir, host=args.host, port=args.port)
+            effective = run.settings
             async with open_s3(effective) as s3:
                 await apply_bucket_cors(
                     s3, bucket=effective.s3_bucket, origins=effective.cors_allow_origins
@@ -108,20 +119,11 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
             # create_app already runs the LLM service for the host routes.
             background = worker_background([], already=(llm_ctx,))
             app = create_app(effective, background=background)
-
-            def announce() -> None:
-                print(
-                    f"echo-gateway dev serving http://{args.host}:{args.port}\n"
-                    f"  redis  {effective.redis_url}\n"
-                    f"  s3     {effective.s3_endpoint_url} (bucket {effective.s3_bucket})\n"
-                    f"  data   {args.data_dir.resolve()}\n"
-                    "Ctrl-C stops everything.",
-                    flush=True,
-                )
-
+            app[DEMO_PROJECT_ID] = run.demo_project_id
+            text = first_run.announcement(run, host=args.host, port=args.port, data_dir=args.data_dir)
             return await serve_app(
                 app, host=args.host, port=args.port, shutdown_grace_s=effective.shutdown_grace_s,
-                on_started=announce,
+                on_started=lambda: print(text, flush=True),
             )
 
     return run_async(main)
@@ -214,6 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dev(settings, args)
     if args.command == "s3-cors":
         return _s3_cors(settings)
+    if args.command == "project" and args.data_dir is not None:
+        from devstack.stack import dev_redis_url
+
+        url = dev_redis_url(args.data_dir)
+        if url is None:
+            print(f"echo-gateway: no private Redis of `dev` in {args.data_dir}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        settings = settings.replace(redis_url=url)
     if not (settings.redis_url or settings.redis_sentinels):
         print(
             "echo-gateway: configuration error: REDIS_URL: required "
@@ -227,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(settings, args)
     if args.command == "backlog":
         return _backlog(settings, args)
+    if args.command == "dlq":
+        return cli_dlq.run(settings, args)
     if args.command == "project" and args.project_command == "create":
         return _project_create(settings, args)
+    if args.command == "recover":
+        return cli_recovery.run(settings, args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from gateway.appkeys import CONSUMERS, METRICS_REGISTRY, REDIS, SETTINGS
 from gateway.groups import SpecFactory, group_factories, group_requirements, resolve
+from gateway.stuck_sweeper import recovery_ctx, sweeper_loop_ctx
 from gateway.wiring import streams_config
 from storage.redis_client import open_redis
 from streams.runtime import ConsumerRuntime
@@ -64,7 +65,8 @@ def worker_background(
     already: Sequence[CleanupCtx] = (),
 ) -> list[CleanupCtx]:
     """What an app appends to run ``group_names`` (all if empty): the services those groups
-    need (skipping the ones in ``already``), then the consumers."""
+    need (skipping the ones in ``already``), then the consumers, then the stuck-work sweeper
+    (every worker process runs it; one run per interval happens across all of them)."""
     consumers = worker_ctx(group_names, concurrency)
     chosen = group_names or list(group_factories())
     requirements = group_requirements()
@@ -73,7 +75,7 @@ def worker_background(
         for ctx in requirements.get(name, ()):
             if ctx not in needed and ctx not in already:
                 needed.append(ctx)
-    return [*needed, consumers]
+    return [*needed, consumers, recovery_ctx, sweeper_loop_ctx]
 
 
 async def run_consumers(

@@ -60,6 +60,10 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
 class TooManyRequests(ApiError):
     status, code = 429, "rate_limited"
 

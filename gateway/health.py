@@ -8,6 +8,7 @@ from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api_docs import endpoint
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, REDIS, S3, SETTINGS
 from gateway.responses import json_response
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
@@ -18,6 +19,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
+@endpoint("Liveness", tags=["ops"], responses={200: {"type": "object"}})
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the process answers. Checks nothing else on purpose."""
     return json_response({"status": "ok"})
@@ -57,6 +59,8 @@ async def _check_s3(app: web.Application) -> str | None:
 
 
 @routes.get("/readyz")
+@endpoint("Readiness (Redis and S3 reachable)", tags=["ops"],
+          responses={200: {"type": "object"}, 503: {"type": "object"}})
 async def readyz(request: web.Request) -> web.Response:
     """Ready: Redis answers PING and the S3 bucket is reachable; else 503 naming what failed."""
     redis_problem, s3_problem = await asyncio.gather(
@@ -80,6 +84,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@endpoint("Prometheus metrics (text exposition)", tags=["ops"],
+          responses={200: {"type": "string"}}, media_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,87 +8,62 @@ from typing import Any
 from aiohttp import web
 
 from gateway import validation as v
+from gateway.api_docs import HOST_ERRORS, Feed, endpoint
+from gateway.api_models import Conversation as ConversationModel
+from gateway.api_models import HostConversation, Project, ProjectInput, TagInput
 from gateway.appkeys import API_SERVICES
-from gateway.auth import require_host
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import NotFound
 from gateway.responses import json_response
 from transcription.status import processing_status
 
 PREFIX = "/api/host"
-BOOL_FIELDS = (
-    "is_conversation_allowed", "is_get_reply_enabled", "is_verify_enabled",
-    "is_verify_on_finish_enabled", "default_conversation_ask_for_participant_name",
-)
-TEXT_FIELDS = {
-    "name": 500,
-    "default_conversation_tutorial_slug": 200,
-    "default_conversation_title": 500,
-    "default_conversation_description": 5000,
-    "default_conversation_finish_text": 5000,
-    "conversation_ask_for_participant_name_label": 500,
-}
-MAX_TAGS = 200
+TAGS = ["host"]
+FROM_PROJECT = Feed("host_create_project", {"project_id": "$response.body#/id"})
 
 routes = web.RouteTableDef()
 
 
-def _tags(body: dict[str, Any], existing: list[dict[str, Any]]) -> list[dict[str, str]] | None:
-    """``tags``: a list of strings or ``{id?, text}``; kept ids survive, new texts get ids."""
-    if "tags" not in body:
-        return None
-    raw = body["tags"]
-    if not isinstance(raw, list) or len(raw) > MAX_TAGS:
-        raise BadRequest(f"tags: must be a list of at most {MAX_TAGS} tags")
+def _tags(
+    raw: list[TagInput | str], existing: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """Strings or ``{id?, text}``; kept ids survive, new texts get ids."""
     by_text = {t.get("text"): t.get("id") for t in existing}
     tags: list[dict[str, str]] = []
     for item in raw:
-        if isinstance(item, str):
-            item = {"text": item}
-        if not isinstance(item, dict):
-            raise BadRequest("tags: each tag is a string or an object with 'text'")
-        text = v.string(item, "text", max_len=200, allow_empty=False)
-        tag_id = v.uuid_field(item, "id", required=False) or by_text.get(text) or str(uuid.uuid4())
-        tags.append({"id": tag_id, "text": text.strip()})
+        tag = TagInput(text=item) if isinstance(item, str) else item
+        text = tag.text.strip()
+        tag_id = str(tag.id) if tag.id else by_text.get(tag.text) or by_text.get(text)
+        tags.append({"id": tag_id or str(uuid.uuid4()), "text": text})
     return tags
 
 
-def _project_changes(body: dict[str, Any], existing_tags: list[dict[str, Any]]) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    for name in BOOL_FIELDS:
-        if name in body:
-            changes[name] = v.boolean(body, name, required=True)
-    for name, max_len in TEXT_FIELDS.items():
-        if name in body:
-            changes[name] = v.string(body, name, required=False, max_len=max_len)
-    if "language" in body:
-        changes["language"] = v.language_tag(body, required=True)
-    tags = _tags(body, existing_tags)
-    if tags is not None:
-        changes["tags"] = tags
-    unknown = sorted(set(body) - set(BOOL_FIELDS) - set(TEXT_FIELDS) - {"language", "tags"})
-    if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(unknown)}")
+def _project_changes(body: ProjectInput, existing_tags: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fields the body sets (absent ones are left alone)."""
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if "tags" in changes:
+        changes["tags"] = _tags(body.tags, existing_tags)
     return changes
 
 
 @routes.post(PREFIX + "/projects")
-async def create_project(request: web.Request) -> web.Response:
-    require_host(request)
-    body = await v.read_json_object(request)
+@endpoint("Create a project", tags=TAGS, host=True, body=ProjectInput, responses={201: Project},
+          errors=HOST_ERRORS)
+async def create_project(request: web.Request, body: ProjectInput) -> web.Response:
     changes = _project_changes(body, [])
     project = await request.app[API_SERVICES].store.create_project(changes)
     return json_response(project, status=201)
 
 
 @routes.get(PREFIX + "/projects")
+@endpoint("All projects", tags=TAGS, host=True, responses={200: list[Project]}, errors=HOST_ERRORS)
 async def list_projects(request: web.Request) -> web.Response:
-    require_host(request)
     return json_response(await request.app[API_SERVICES].store.list_projects())
 
 
 @routes.get(PREFIX + "/projects/{project_id}")
+@endpoint("A project", tags=TAGS, host=True, responses={200: Project}, errors=HOST_ERRORS,
+          fed_by=[FROM_PROJECT])
 async def get_project(request: web.Request) -> web.Response:
-    require_host(request)
     project_id = v.path_uuid(request, "project_id")
     project = await request.app[API_SERVICES].store.get_project(project_id)
     if project is None:
@@ -97,11 +72,11 @@ async def get_project(request: web.Request) -> web.Response:
 
 
 @routes.patch(PREFIX + "/projects/{project_id}")
-async def update_project(request: web.Request) -> web.Response:
-    require_host(request)
+@endpoint("Update a project", tags=TAGS, host=True, body=ProjectInput, responses={200: Project},
+          errors=HOST_ERRORS, fed_by=[FROM_PROJECT])
+async def update_project(request: web.Request, body: ProjectInput) -> web.Response:
     store = request.app[API_SERVICES].store
     project_id = v.path_uuid(request, "project_id")
-    body = await v.read_json_object(request)
     existing = await store.get_project(project_id)
     if existing is None:
         raise NotFound("Project not found")
@@ -112,8 +87,9 @@ async def update_project(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/projects/{project_id}/conversations")
+@endpoint("A project's conversations with status", tags=TAGS, host=True,
+          responses={200: list[ConversationModel]}, errors=HOST_ERRORS, fed_by=[FROM_PROJECT])
 async def list_conversations(request: web.Request) -> web.Response:
-    require_host(request)
     store = request.app[API_SERVICES].store
     project_id = v.path_uuid(request, "project_id")
     if await store.get_project(project_id) is None:
@@ -125,8 +101,10 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/conversations/{conversation_id}")
+@endpoint("A conversation with chunks, merged transcript and summary", tags=TAGS, host=True,
+          responses={200: HostConversation}, errors=HOST_ERRORS,
+          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"})])
 async def get_conversation(request: web.Request) -> web.Response:
-    require_host(request)
     store = request.app[API_SERVICES].store
     conversation_id = v.path_uuid(request, "conversation_id")
     conversation = await store.get_conversation(conversation_id)

@@ -4,7 +4,8 @@
 
 * request id: ``X-Request-ID`` is taken (when sane) or made, echoed back, and
   bound in every log line of the request;
-* metrics: count and latency by method, route pattern and status;
+* metrics: count and latency by method, route pattern and status (499: the client went
+  away and aiohttp cancelled the handler);
 * CORS: an explicit allow-list; an allowed origin is echoed with credentials,
   preflights are answered here, other origins get no CORS headers at all;
 * security headers on every response but preflight answers;
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +44,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 REDIS_RETRY_AFTER_S = 1
+CLIENT_CLOSED_REQUEST = 499
 
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID"
@@ -148,6 +151,11 @@ def gateway_middleware_factory(
         except web.HTTPException as exc:
             status = exc.status
             exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client goes away (say, mid-body): not a
+            # server error. 499 is nginx's "client closed request".
+            status = CLIENT_CLOSED_REQUEST
             raise
         finally:
             request.app[HTTP_METRICS].observe(

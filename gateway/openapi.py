@@ -1,286 +1,132 @@
-"""The OpenAPI 3.1 document of every route, served at ``/api/openapi.json``.
+"""The OpenAPI 3.1 document, built from the routes the app serves (``/api/openapi.json``).
 
-A test compares the document's operations with the app's router, both ways,
-so a route cannot be added without being described (or the reverse).
+Each operation comes from the :class:`gateway.api_docs.Endpoint` its handler declared;
+request and response schemas are the pydantic models' JSON Schema, so what the
+document promises is what the validators check. ``fed_by`` declarations become
+OpenAPI ``links`` on the feeding operation's success answer (schemathesis follows them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from gateway.api_docs import UUID_SCHEMA, Endpoint, endpoint, schema_of, spec_of
+from gateway.api_models import Error
 from gateway.responses import json_response
 
 routes = web.RouteTableDef()
 
-P = "/api/participant"
-H = "/api/host"
-
-UUID = {"type": "string", "format": "uuid"}
-STR = {"type": "string"}
-OPT_STR = {"type": ["string", "null"]}
-BOOL = {"type": "boolean"}
-TIME = {"type": "string", "format": "date-time"}
-OPT_TIME = {"type": ["string", "null"], "format": "date-time"}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = True) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = required
-    if not extra:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": schema or UUID}
-
-
 RATE_HEADERS = {
     "Retry-After": {"schema": {"type": "integer"}, "description": "seconds until a grant is possible"},
-    "RateLimit-Policy": {"schema": STR, "description": "IETF httpapi ratelimit-headers draft"},
-    "RateLimit": {"schema": STR, "description": "IETF httpapi ratelimit-headers draft"},
+    "RateLimit-Policy": {"schema": {"type": "string"}, "description": "IETF ratelimit-headers draft"},
+    "RateLimit": {"schema": {"type": "string"}, "description": "IETF ratelimit-headers draft"},
 }
-TOO_MANY = {**_err("over the rate limit"), "headers": RATE_HEADERS}
-COMMON_ERRORS = {"400": _err("invalid input"), "404": _err("unknown id"),
-                 "413": _err("body too large"), "503": _err("data store unavailable")}
-WRITE_ERRORS = {**COMMON_ERRORS, "403": _err("Conversation not open for participation")}
-HOST_ERRORS = {"400": _err("invalid input"), "401": _err("missing or wrong host token"),
-               "404": _err("unknown id"), "503": _err("data store unavailable")}
+_PATH_PARAM = re.compile(r"{(\w+)}")
 
 
-def _op(summary: str, responses: dict[str, Any], *, params: Sequence[str] = (),
-        body: dict[str, Any] | None = None, tags: list[str] | None = None, host: bool = False,
-        extra_params: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
-    parameters = [_param(p) for p in params] + list(extra_params)
-    if parameters:
-        op["parameters"] = parameters
-    if body is not None:
-        op["requestBody"] = body
-    if tags:
-        op["tags"] = tags
-    if host:
+def _json(
+    schema: Mapping[str, Any], description: str, media_type: str = "application/json"
+) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": schema}}}
+
+
+def _operation(path: str, spec: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": spec.operation_id, "summary": spec.summary,
+                          "tags": list(spec.tags)}
+    params = [
+        {"name": name, "in": "path", "required": True,
+         "schema": dict(spec.path.get(name, UUID_SCHEMA))}
+        for name in _PATH_PARAM.findall(path)
+    ] + [
+        {"name": name, "in": "query", "required": bool(param.get("required", False)),
+         "schema": dict(param["schema"])}
+        for name, param in spec.query.items()
+    ]
+    if params:
+        op["parameters"] = params
+    if spec.body is not None or spec.body_schema is not None:
+        body_schema = (schema_of(spec.body, schemas, "request") if spec.body is not None
+                       else dict(spec.body_schema or {}))
+        media: dict[str, Any] = {"schema": body_schema}
+        if spec.body_encoding:
+            media["encoding"] = dict(spec.body_encoding)
+        op["requestBody"] = {"required": spec.body_required,
+                             "content": {spec.body_media_type: media}}
+    responses: dict[str, Any] = {}
+    for status, annotation in spec.responses.items():
+        responses[str(status)] = _json(
+            schema_of(annotation, schemas, "response"), "OK", spec.media_type)
+        if spec.headers:
+            responses[str(status)]["headers"] = {
+                name: {"schema": {"type": "string"}, "description": text}
+                for name, text in spec.headers.items()
+            }
+    error_ref = schema_of(Error, schemas, "response")
+    errors = dict(spec.errors)
+    if spec.body is not None:
+        errors.setdefault(415, "the body is not JSON")
+    for status, description in sorted(errors.items()):
+        responses[str(status)] = _json(error_ref, description)
+        if status == 429:
+            responses[str(status)]["headers"] = RATE_HEADERS
+    op["responses"] = responses
+    if spec.host:
         op["security"] = [{"bearer": []}]
     return op
 
 
-#: What a host sets on a project and reads back alike.
-PROJECT_SETTINGS: dict[str, Any] = {
-    "is_conversation_allowed": BOOL, "is_get_reply_enabled": BOOL, "is_verify_enabled": BOOL,
-    "is_verify_on_finish_enabled": BOOL, "default_conversation_tutorial_slug": OPT_STR,
-    "default_conversation_title": OPT_STR, "default_conversation_description": OPT_STR,
-    "default_conversation_finish_text": OPT_STR,
-    "default_conversation_ask_for_participant_name": BOOL,
-    "conversation_ask_for_participant_name_label": OPT_STR,
-}
+def _add_links(paths: dict[str, Any], specs: list[tuple[str, str, Endpoint]]) -> None:
+    by_id = {spec.operation_id: paths[path][method] for path, method, spec in specs}
+    for path, _, spec in specs:
+        names = set(_PATH_PARAM.findall(path))
+        for feed in spec.fed_by:
+            producer = by_id.get(feed.operation)
+            parameters = {k: v for k, v in feed.parameters.items() if k in names}
+            if producer is None or not (parameters or feed.body):
+                continue
+            success = next(s for s in sorted(producer["responses"]) if s.startswith("2"))
+            link: dict[str, Any] = {"operationId": spec.operation_id, "parameters": parameters}
+            if feed.body:
+                link["requestBody"] = dict(feed.body)  # merged into a generated body
+            producer["responses"][success].setdefault("links", {})[spec.operation_id] = link
 
-SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"detail": STR, "code": STR, "request_id": STR}, ["detail"]),
-    "Tag": _obj({"id": UUID, "text": STR}, ["id", "text"]),
-    "Project": _obj({
-        "id": UUID, "language": STR, "tags": {"type": "array", "items": _ref("Tag")},
-        **PROJECT_SETTINGS,
-    }, ["id", "language", "tags", "is_conversation_allowed"]),
-    "ProjectInput": _obj({
-        "name": OPT_STR, "language": STR,
-        "tags": {"type": "array", "items": {"oneOf": [STR, _obj({"id": UUID, "text": STR}, ["text"])]}},
-        **PROJECT_SETTINGS,
-    }, extra=False),
-    "Conversation": _obj({
-        "id": UUID, "project_id": UUID, "title": OPT_STR, "description": OPT_STR,
-        "participant_name": OPT_STR, "participant_email": OPT_STR, "source": OPT_STR,
-        "tags": {"type": "array", "items": _ref("Tag")}, "created_at": TIME, "updated_at": TIME,
-        "last_chunk_at": OPT_TIME, "is_finished": BOOL, "finished_at": OPT_TIME,
-        "is_all_chunks_transcribed": BOOL, "finalized_at": OPT_TIME, "summary": OPT_STR,
-        "status": {"enum": ["open", "finished", "finalized"]},
-        "processing_status": {"enum": ["open", "finished", "finalized"]},
-        "processing": _ref("Processing"),
-    }, ["id", "project_id", "is_finished", "is_all_chunks_transcribed", "summary"]),
-    "Processing": _obj({
-        "chunks": _obj({s: {"type": "integer"} for s in (
-            "pending_verification", "uploaded", "transcribing", "transcribed", "failed", "total")}),
-        "finalized_at": OPT_TIME,
-        "finalizations": {"type": "integer"},
-        "transcript": {"type": ["object", "null"], "properties": {
-            "json_key": STR, "text_key": STR}},
-        "summary": _obj({"requested": BOOL, "ready": BOOL, "location": OPT_STR}),
-    }),
-    "Chunk": _obj({
-        "id": UUID, "conversation_id": UUID, "path": OPT_STR, "transcript": OPT_STR,
-        "timestamp": OPT_STR, "source": OPT_STR, "content_type": OPT_STR, "filename": OPT_STR,
-        "status": {"enum": ["issued", "pending_verification", "uploaded", "transcribing",
-                            "transcribed", "failed"]},
-        "error": OPT_STR, "size": {"type": ["integer", "null"]},
-    }, ["id", "conversation_id", "status"]),
-    "InitiateRequest": _obj({
-        "name": STR, "pin": {}, "conversation_id": {}, "email": OPT_STR, "user_agent": OPT_STR,
-        "tag_id_list": {"type": ["array", "null"], "items": UUID}, "source": OPT_STR,
-        "visitor_id": OPT_STR,
-    }, ["name"]),
-    "UploadUrlRequest": _obj({"filename": STR, "content_type": STR, "conversation_id": UUID},
-                             ["filename", "content_type"]),
-    "UploadUrlResponse": _obj({
-        "chunk_id": UUID, "upload_url": STR,
-        "fields": {"type": "object", "additionalProperties": STR}, "file_url": STR,
-    }, ["chunk_id", "upload_url", "fields", "file_url"]),
-    "ConfirmRequest": _obj({"chunk_id": UUID, "file_url": STR, "timestamp": TIME, "source": STR},
-                           ["chunk_id", "file_url", "timestamp"]),
-    "ConfirmResponse": _obj({
-        "status": {"enum": ["confirmed", "pending_verification", "failed"]}, "chunk_id": UUID,
-        "error": OPT_STR,
-    }, ["status", "chunk_id"]),
-    "UploadTextRequest": _obj({"timestamp": TIME, "content": STR, "source": STR},
-                              ["timestamp", "content"]),
-    "Telemetry": _obj({
-        "state": STR, "audio_level": {"type": "number"}, "recorded_seconds": {"type": "number"},
-        "client_ts": STR, "network": {}, "battery": {},
-    }),
-    "Ok": _obj({"ok": BOOL}, ["ok"]),
-    "AutoSelectRequest": _obj({"query": STR, "language": OPT_STR}, ["query"], extra=False),
-    "AutoSelectAccepted": _obj({"job_id": STR, "status": STR, "status_url": STR},
-                               ["job_id", "status_url"]),
-    "Job": _obj({
-        "job_id": STR, "kind": STR, "status": {"enum": ["queued", "running", "completed"]},
-        "project_id": STR, "query": STR, "language": OPT_STR, "provider": OPT_STR, "model": OPT_STR,
-        "batches_total": {"type": ["integer", "null"]}, "batches_done": {"type": "integer"},
-        "selected_conversation_ids": {"type": "array", "items": STR},
-        "errors": {"type": "array", "items": _obj({"batch": {"type": "integer"}, "error": STR})},
-        "dropped_ids": {"type": "array", "items": STR},
-        "created_at": {"type": ["number", "null"]}, "started_at": {"type": ["number", "null"]},
-        "finished_at": {"type": ["number", "null"]}, "note": STR,
-    }, ["job_id", "status", "batches_done", "selected_conversation_ids", "errors"]),
-    "UploadChunkForm": _obj({"chunk": {"type": "string", "contentMediaType": "audio/*"},
-                             "timestamp": TIME, "source": STR}, ["chunk"]),
-}
 
-PATHS: dict[str, Any] = {
-    "/healthz": {"get": _op("Liveness", {"200": _json({"type": "object"})}, tags=["ops"])},
-    "/readyz": {"get": _op("Readiness (Redis and S3 reachable)", {
-        "200": _json({"type": "object"}), "503": _json({"type": "object"}, "not ready")}, tags=["ops"])},
-    "/metrics": {"get": _op("Prometheus metrics", {"200": {
-        "description": "text exposition", "content": {"text/plain": {"schema": STR}}}}, tags=["ops"])},
-    "/api/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})}, tags=["ops"])},
-    P + "/projects/{project_id}": {"get": _op(
-        "A project as the portal sees it", {"200": _json(_ref("Project")), **COMMON_ERRORS},
-        params=["project_id"], tags=["participant"])},
-    P + "/projects/{project_id}/conversations/initiate": {"post": _op(
-        "Start a conversation", {"200": _json(_ref("Conversation")), **WRITE_ERRORS, "429": TOO_MANY},
-        params=["project_id"], body=_body(_ref("InitiateRequest")), tags=["participant"])},
-    P + "/projects/{project_id}/conversations/{conversation_id}": {"get": _op(
-        "A conversation (readable even when the project is closed)",
-        {"200": _json(_ref("Conversation")), **COMMON_ERRORS},
-        params=["project_id", "conversation_id"], tags=["participant"])},
-    P + "/projects/{project_id}/conversations/{conversation_id}/chunks": {"get": _op(
-        "Listed chunks by timestamp", {"200": _json({"type": "array", "items": _ref("Chunk")}),
-                                       **COMMON_ERRORS},
-        params=["project_id", "conversation_id"], tags=["participant"])},
-    P + "/projects/{project_id}/conversations/{conversation_id}/chunks/{chunk_id}": {"delete": _op(
-        "Delete a chunk", {"200": _json({"type": "null"}), **WRITE_ERRORS},
-        params=["project_id", "conversation_id", "chunk_id"], tags=["participant"])},
-    P + "/conversations/{conversation_id}/get-upload-url": {"post": _op(
-        "A presigned POST for one chunk (40 per 60 s per conversation)",
-        {"200": _json(_ref("UploadUrlResponse")), **WRITE_ERRORS, "429": TOO_MANY},
-        params=["conversation_id"], body=_body(_ref("UploadUrlRequest")), tags=["participant"])},
-    P + "/conversations/{conversation_id}/confirm-upload": {"post": _op(
-        "Confirm an uploaded chunk (idempotent by chunk_id)",
-        {"200": _json(_ref("ConfirmResponse")), "202": _json(_ref("ConfirmResponse"), "pending verification"),
-         **WRITE_ERRORS},
-        params=["conversation_id"], body=_body(_ref("ConfirmRequest")), tags=["participant"])},
-    P + "/conversations/{conversation_id}/upload-text": {"post": _op(
-        "A text chunk (deduplicated by content and timestamp)",
-        {"200": _json(_ref("Chunk")), **WRITE_ERRORS},
-        params=["conversation_id"], body=_body(_ref("UploadTextRequest")), tags=["participant"])},
-    P + "/conversations/{conversation_id}/check-s3": {"post": _op(
-        "A presigned PUT probe (text/plain, about 60 s)",
-        {"200": _json(_obj({"probe_url": STR}, ["probe_url"])), **WRITE_ERRORS},
-        params=["conversation_id"], tags=["participant"])},
-    P + "/conversations/{conversation_id}/upload-chunk": {"post": _op(
-        "Legacy upload through the gateway (streamed to S3)",
-        {"200": _json(_ref("Chunk")), **WRITE_ERRORS, "429": TOO_MANY},
-        params=["conversation_id"],
-        body={"required": True, "content": {"multipart/form-data": {"schema": _ref("UploadChunkForm")}}},
-        tags=["participant"])},
-    P + "/conversations/{conversation_id}/finish": {"post": _op(
-        "Finish the conversation (idempotent)", {"200": _json({"const": "OK"}), **WRITE_ERRORS},
-        params=["conversation_id"], tags=["participant"])},
-    P + "/conversations/{conversation_id}/ping": {"post": _op(
-        "Recording telemetry (kept briefly)", {"200": _json(_ref("Ok")), **COMMON_ERRORS, "429": TOO_MANY},
-        params=["conversation_id"],
-        body={"required": False, "content": {"application/json": {"schema": _ref("Telemetry")}}},
-        tags=["participant"])},
-    P + "/projects/{project_id}/visitors/{visitor_id}/ping": {"post": _op(
-        "Visitor telemetry (kept briefly)", {"200": _json(_ref("Ok")), **COMMON_ERRORS, "429": TOO_MANY},
-        params=["project_id"], extra_params=[_param("visitor_id", {"type": "string", "maxLength": 128})],
-        body={"required": False, "content": {"application/json": {"schema": _ref("Telemetry")}}},
-        tags=["participant"])},
-    H + "/projects": {
-        "get": _op("All projects", {"200": _json({"type": "array", "items": _ref("Project")}),
-                                    **HOST_ERRORS}, tags=["host"], host=True),
-        "post": _op("Create a project", {"201": _json(_ref("Project"), "created"), **HOST_ERRORS},
-                    body=_body(_ref("ProjectInput")), tags=["host"], host=True),
-    },
-    H + "/projects/{project_id}": {
-        "get": _op("A project", {"200": _json(_ref("Project")), **HOST_ERRORS},
-                   params=["project_id"], tags=["host"], host=True),
-        "patch": _op("Update a project", {"200": _json(_ref("Project")), **HOST_ERRORS},
-                     params=["project_id"], body=_body(_ref("ProjectInput")), tags=["host"], host=True),
-    },
-    H + "/projects/{project_id}/conversations": {"get": _op(
-        "A project's conversations with status",
-        {"200": _json({"type": "array", "items": _ref("Conversation")}), **HOST_ERRORS},
-        params=["project_id"], tags=["host"], host=True)},
-    H + "/conversations/{conversation_id}": {"get": _op(
-        "A conversation with chunks, merged transcript and summary",
-        {"200": _json({"allOf": [_ref("Conversation"), _obj({
-            "merged_transcript": OPT_STR, "chunks": {"type": "array", "items": _ref("Chunk")}})]}),
-         **HOST_ERRORS},
-        params=["conversation_id"], tags=["host"], host=True)},
-    "/api/projects/{project_id}/auto-select": {"post": _op(
-        "Ask which of a project's conversations answer a question (an LLM job, batch by batch)",
-        {"202": _json(_ref("AutoSelectAccepted"), "job queued"), **HOST_ERRORS},
-        params=["project_id"], extra_params=[], body=_body(_ref("AutoSelectRequest")),
-        tags=["host"], host=True)},
-    "/api/jobs/{job_id}": {"get": _op(
-        "An auto-select job's progress and merged selection",
-        {"200": _json(_ref("Job")), **HOST_ERRORS},
-        params=[], extra_params=[_param("job_id", STR)], tags=["host"], host=True)},
-}
-
-DOCUMENT: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "echo-gateway",
-        "version": "0.1.0",
-        "description": "Participant API of the Echo platform (see CONTRACT.md) and the host API.",
-    },
-    "paths": PATHS,
-    "components": {
-        "schemas": SCHEMAS,
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-}
+def build_document(app: web.Application) -> dict[str, Any]:
+    """The document of every documented route of ``app``."""
+    schemas: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+    specs: list[tuple[str, str, Endpoint]] = []
+    for route in app.router.routes():
+        spec = spec_of(route.handler)
+        if spec is None or route.method in ("HEAD", "OPTIONS"):
+            continue
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        if not isinstance(path, str):
+            continue
+        method = route.method.lower()
+        paths.setdefault(path, {})[method] = _operation(path, spec, schemas)
+        specs.append((path, method, spec))
+    _add_links(paths, specs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "echo-gateway", "version": "0.1.0",
+            "description": "Participant API of the Echo platform (see CONTRACT.md) and the host API.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
 
 
 @routes.get("/api/openapi.json")
+@endpoint("This document", tags=["ops"], responses={200: {"type": "object"}})
 async def openapi_json(request: web.Request) -> web.Response:
-    return json_response(DOCUMENT)
+    return json_response(build_document(request.app))

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import auto_select, host, openapi, participant
+from gateway import admin_streams, auto_select, host, openapi, participant
+from gateway.admin_recovery import add_admin_recovery
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, PUBLISHER, REDIS, S3, SETTINGS
 from gateway.idle_finish import idle_finish_ctx
@@ -49,3 +50,5 @@ def add_api_routes(app: web.Application, *, idle_sweeper: bool = True) -> None:
     app.add_routes(host.routes)
     app.add_routes(auto_select.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(admin_streams.routes)
+    add_admin_recovery(app)

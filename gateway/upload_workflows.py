@@ -130,7 +130,7 @@ async def confirm_upload(
     if chunk is None:
         raise NotFound(CHUNK_GONE)
     if chunk["path"] != key:
-        raise BadRequest(KEY_MISMATCH)
+        raise BadRequest(KEY_MISMATCH, code="foreign_file_url")
     upload = ChunkUpload(conversation_id, chunk_id, key, str(chunk["content_type"]))
     if chunk["status"] != "issued":
         # A repeat: answer the current status, and re-publish in case the first
@@ -148,7 +148,7 @@ async def confirm_upload(
     except ChunkNotFound:
         raise NotFound(CHUNK_GONE) from None
     except ChunkKeyMismatch:
-        raise BadRequest(KEY_MISMATCH) from None
+        raise BadRequest(KEY_MISMATCH, code="foreign_file_url") from None
     except ConversationNotFound:
         raise NotFound("Conversation not found") from None
     await _publish_next_step(services, upload, result.status, request_id)

@@ -25,7 +25,8 @@ Other packages use :class:`ConversationStore` only; its parts are one module
 each: :mod:`storage.store_keys` (names), :mod:`storage.store_core` (client and
 scripts), :mod:`storage.projects`, :mod:`storage.conversation_lifecycle`,
 :mod:`storage.chunks` (the chunk state machine), :mod:`storage.finalization_state`,
-:mod:`storage.summaries`, :mod:`storage.processing_state` and
+:mod:`storage.summaries`, :mod:`storage.processing_state`,
+:mod:`storage.recovery_queries` (the stuck-work sweeper's reads and repair) and
 :mod:`storage.project_memo`.
 """
 
@@ -43,6 +44,7 @@ from storage.finalization_state import FinalizationClaim, FinalizationState
 from storage.processing_state import ProcessingState, ProcessingView
 from storage.project_memo import PROJECT_OF_MEMO_SIZE
 from storage.projects import PROJECT_FIELDS, ProjectStore
+from storage.recovery_queries import RecoveryQueries
 from storage.store_core import iso_to_ms, ms_to_iso
 from storage.store_errors import (
     ChunkKeyMismatch,
@@ -57,7 +59,8 @@ from storage.summaries import SummaryDraft, SummaryInputs, SummaryStore
 
 
 class ConversationStore(
-    ProjectStore, ConversationLifecycle, ProcessingView, ChunkStore, FinalizationState, SummaryStore
+    ProjectStore, ConversationLifecycle, ProcessingView, ChunkStore, FinalizationState, SummaryStore,
+    RecoveryQueries,
 ):
     """Projects, conversations and chunks in Redis; transitions are Lua scripts.
 

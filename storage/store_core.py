@@ -27,6 +27,7 @@ STORE_SCRIPTS = (
     "create_conversation", "issue_chunk", "issue_chunk_limited", "confirm_chunk", "transition_chunk",
     "add_text_chunk", "delete_chunk", "finish", "mark_finalized", "update_if_exists", "idle_take",
     "finalize_begin", "finalize_check", "finalize_commit", "store_summary", "summary_draft",
+    "repair_open_chunks",
 )
 
 

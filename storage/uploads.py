@@ -72,7 +72,9 @@ def _sanitize_steps(name: str, max_chars: int) -> str:
         if dot and 0 < len(ext) <= 10:
             name = stem[: max_chars - len(ext) - 1].rstrip("._-") + "." + ext
         else:
-            name = name[:max_chars]
+            # Cut, then strip again: a cut name must not end in ".", "_" or "-" (it would
+            # not be stable: sanitising it again would change it).
+            name = name[:max_chars].rstrip("._-")
     return name
 
 

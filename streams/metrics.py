@@ -47,6 +47,8 @@ class StreamMetrics:
             "oldest_pending_age_seconds", "Age of the oldest pending entry"
         )
         self.consumers = gauge("consumers", "Consumers in the group")
+        self.dead_letters = gauge("dead_letters", "Entries in the stream's dead letters")
+        self.delayed = gauge("delayed", "Deferred entries waiting for their due time")
 
     def refresh(self, rows: Iterable[BacklogRow]) -> None:
         for row in rows:
@@ -56,3 +58,5 @@ class StreamMetrics:
             self.pending.labels(*key).set(row.pending)
             self.oldest_pending_age_s.labels(*key).set(row.oldest_pending_age_s)
             self.consumers.labels(*key).set(row.consumers)
+            self.dead_letters.labels(*key).set(row.dead_letters)
+            self.delayed.labels(*key).set(row.delayed)

@@ -23,7 +23,7 @@ from streams.config import StreamsConfig
 from streams.names import StreamNames
 from streams.publisher import Publisher
 from streams.runtime import ConsumerRuntime
-from streams.spec import GroupSpec
+from streams.spec import EventContext, GroupSpec
 
 #: Upper bound of every wait in the streams tests; a healthy run takes a fraction of it.
 DEADLINE_S = 30.0
@@ -145,3 +145,20 @@ async def read_group(
     [(stream, entries)] = reply
     assert stream == key, (stream, key)
     return _entries(entries)
+
+
+async def make_dead_letters(
+    r: RedisClient, config: StreamsConfig, publisher: Publisher, stream: str, n: int
+) -> list[str]:
+    """``n`` events of a type no group accepts, published to ``stream`` and dead-lettered at
+    once by a group ``g`` (real runtime); their entry ids."""
+    async def never(ctx: EventContext) -> None:
+        raise AssertionError("an unknown type reached the handler")
+
+    spec = GroupSpec(stream, "g", never, event_types={"known": dict})
+    ids = [await publisher.publish(stream, "unknown", {"n": i}) for i in range(n)]
+    dead_key = StreamNames(config.key_prefix).keys(stream).dead
+    async with running(r, config, spec):
+        await wait_until(lambda: r.xlen(dead_key), until=lambda k: k == n, timeout_s=DEADLINE_S,
+                         message=f"{n} dead letters in {dead_key}")
+    return ids

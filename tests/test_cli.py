@@ -156,12 +156,28 @@ async def test_dev_serves_ready_and_leaves_no_process_after_sigterm(tmp_path: Pa
         await _wait_http(f"http://127.0.0.1:{port}/readyz", 200, 90, proc)
         children = _children_of(proc.pid)
         assert children, "dev should run a private Redis and S3 server"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/demo.json") as resp:
+                demo_id = (await resp.json())["project_id"]
+            token = (data_dir / "admin-token").read_text().strip()
+            made = await asyncio.to_thread(
+                _run_cli, "project", "create", "--name", "Second", "--data-dir", str(data_dir), env={}
+            )
+            assert made.returncode == 0, made.stderr
+            async with http.get(
+                f"http://127.0.0.1:{port}/api/host/projects/{made.stdout.strip()}",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                assert resp.status == 200, "project create --data-dir used dev's Redis"
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have exited already
             proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
-    assert f"http://127.0.0.1:{port}" in out.decode()
+    printed = out.decode()
+    for line in (f"http://127.0.0.1:{port}/p/{demo_id}", f"http://127.0.0.1:{port}/host/{demo_id}",
+                 f"http://127.0.0.1:{port}/api/openapi.json", token):
+        assert line in printed, f"dev prints {line}"
     await wait_until(lambda: _alive_among(children), until=lambda alive: not alive,
                      timeout_s=10, interval_s=0.1, message="dev left processes behind")
     assert (data_dir / "redis" / "appendonlydir").is_dir(), "Redis persists in the data dir"

@@ -11,6 +11,7 @@ from config import (
     HttpSettings,
     LlmSettings,
     ObservabilitySettings,
+    RecoverySettings,
     RedisSettings,
     S3Settings,
     Secret,
@@ -23,7 +24,7 @@ from config import (
 
 SECTIONS: tuple[type[SettingsSection], ...] = (
     RedisSettings, S3Settings, LlmSettings, TranscriptionSettings, HttpSettings,
-    ObservabilitySettings, StreamSettings,
+    ObservabilitySettings, StreamSettings, RecoverySettings,
 )
 
 #: The order of the README table and of `echo-gateway config`, as before the split into sections.
@@ -49,6 +50,7 @@ VARIABLES_IN_ORDER = (
     "TRUSTED_PROXY_HOPS", "PING_TTL_S", "LOG_LEVEL", "LOG_FORMAT", "SENTRY_DSN", "CONSUMER_NAME",
     "SHUTDOWN_GRACE_S", "STREAM_LEASE_S", "STREAM_MAX_DELIVERIES", "STREAM_CONCURRENCY",
     "STREAM_MAX_LEN", "STREAM_RETENTION_MAX_AGE_S", "STREAM_DEAD_CONSUMER_IDLE_S",
+    "STUCK_SWEEP_INTERVAL_S", "STUCK_AFTER_S", "STUCK_SWEEP_MAX_ITEMS", "STUCK_SWEEP_LEASE_S",
 )
 
 #: A value other than the default for at least one variable of every section.
@@ -61,6 +63,7 @@ ONE_PER_SECTION = {
     "MAX_BODY_BYTES": "2048",
     "LOG_LEVEL": "debug",
     "CONSUMER_NAME": "consumer-1",
+    "STUCK_AFTER_S": "5",
 }
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,8 @@ from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 from transcription.base import TranscriptResult
+from transcription.consumer import TRANSIENT_SINCE_FIELD
+from transcription.errors import TransientTranscriptionError
 from transcription.finalization import transcript_keys
 from transcription.lifecycle import make_bound
 from transcription.local_provider import LocalWhisperTranscriber, packaged_model_dir
@@ -276,3 +279,44 @@ async def test_a_chunk_failing_past_the_attempts_is_failed_and_finalization_goes
                                "handler error: RuntimeError: transcriber bug")
     assert transcriber.calls == settings.transcription_max_attempts
     assert await redis.xlen("echo:{transcription}:dead") == 0
+
+
+class FlakyTranscriber:
+    """The provider unreachable once, then fine."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def transcribe(self, path: Path, *, language: str | None,
+                         content_type: str) -> TranscriptResult:
+        self.calls += 1
+        if self.calls == 1:
+            raise TransientTranscriptionError("provider unreachable")
+        return TranscriptResult(text="back again", provider="flaky")
+
+
+async def test_a_replayed_event_opens_its_own_transient_retry_window(
+    store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
+    run_workers: RunWorkers,
+) -> None:
+    """A dead letter keeps the payload its deferrals wrote (the window's start, a day ago
+    here); replayed, it is a run with no deferral yet, so a transient error is retried
+    within a new TRANSCRIPTION_RETRY_WINDOW_S instead of failing the chunk at once."""
+    cid, [chunk] = await conversation_with_chunks(store, s3, settings, 1)
+    day_ago_ms = int((time.time() - 86400) * 1000)
+    await publisher_for(redis, settings).publish(
+        events.TRANSCRIPTION, events.CHUNK_UPLOADED.name,
+        {**chunk.as_payload(), TRANSIENT_SINCE_FIELD: day_ago_ms},
+        idempotency_key=f"transcribe:{chunk.chunk_id}",
+    )
+    transcriber = FlakyTranscriber()
+    async with run_workers(transcriber):
+        await wait_until(lambda: store.get_chunk(cid, chunk.chunk_id),
+                         until=lambda c: c and c["status"] in ("transcribed", "failed"),
+                         timeout_s=DEADLINE_S)
+    ended = await store.get_chunk(cid, chunk.chunk_id)
+    assert ended is not None
+    assert (ended["status"], ended["transcript"], transcriber.calls) == (
+        "transcribed", "back again", 2), ended.get("error")

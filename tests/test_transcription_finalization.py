@@ -20,6 +20,7 @@ from transcription_support import (
     OVERRIDES,
     RunWorkers,
     conversation_with_chunks,
+    is_finalized,
     read_object,
     summary_requests,
     until_drained,
@@ -35,6 +36,8 @@ from gateway.wiring import publisher_for
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
+from streams.deadletters import DeadLetters
+from streams.names import StreamNames
 from streams.publisher import Publisher
 from transcription.base import NoopTranscriber
 from transcription.finalization import Finalizer, transcript_keys
@@ -220,3 +223,30 @@ async def test_deleting_a_chunk_after_finalization_refinalizes_without_it(
     assert text == "kept words\n"
     assert [e["idem"] for e in await summary_requests(redis, cid)] == [
         f"summary:{cid}:2", f"summary:{cid}:3"]
+
+
+async def test_a_dead_lettered_finalize_event_replayed_while_its_claim_lives_finalizes_once(
+    store: ConversationStore, s3: S3Client, settings: Settings, redis: RedisClient,
+    api_env: dict[str, str],
+) -> None:
+    """The dead run's claim outlives it (FINALIZATION_CLAIM_S); the replay is the same event
+    (same token), so it takes the claim over instead of being turned away as another's."""
+    broken = Settings.from_env({**api_env, **OVERRIDES, "STREAM_MAX_DELIVERIES": "2",
+                                "S3_BUCKET": "no bucket here"})  # every S3 write fails
+    publisher = publisher_for(redis, settings)
+    cid, _ = await conversation_with_chunks(store, s3, settings, 0)
+    await store.finish(cid)
+    await events.publish(publisher, events.CONVERSATION_FINALIZE, FinalizeRequest(cid))
+    dead = DeadLetters(redis, StreamNames("echo"))
+    async with workers_runner(broken, redis, s3)(NoopTranscriber("words")):
+        await wait_until(lambda: dead.list(events.TRANSCRIPTION),
+                         until=lambda page: page.letters, timeout_s=DEADLINE_S)
+    [letter] = (await dead.list(events.TRANSCRIPTION)).letters
+    assert not await is_finalized(store, cid)
+    async with workers_runner(settings, redis, s3)(NoopTranscriber("words")):
+        assert await dead.replay(events.TRANSCRIPTION, letter.id)
+        await until_finalized(store, cid, message="the replayed finalize event was dropped")
+        await until_drained(redis)
+    conversation = await redis.hgetall(store.conversation_key(cid))
+    assert conversation["finalizations"] == "1"
+    assert len(await summary_requests(redis, cid)) == 1

@@ -112,8 +112,11 @@ class TranscriptionHandler:
         if ctx.type == events.CONVERSATION_FINALIZE.name:
             request: FinalizeRequest = ctx.payload
             with structlog.contextvars.bound_contextvars(conversation_id=request.conversation_id):
+                # The event's id, not the entry's: the same across redeliveries, deferrals
+                # and a dead-letter replay (a new entry), so a replay takes over the claim
+                # its dead run left instead of being turned away as another event's.
                 await self._finalizer.finalize(
-                    request.conversation_id, ctx.entry_id, ctx.envelope.request_id
+                    request.conversation_id, ctx.envelope.id, ctx.envelope.request_id
                 )
             return
         upload: ChunkUpload = ctx.payload
@@ -182,7 +185,9 @@ class TranscriptionHandler:
         started_ms: int,
     ) -> None:
         """Defer the event after a transient error, or fail the chunk once the window is spent."""
-        since_ms = _since_ms(ctx.envelope.payload) or started_ms
+        # Only a deferred run carries its window's start: a run with no deferral yet (a new
+        # event, or a dead letter replayed with its payload) opens its own window.
+        since_ms = (_since_ms(ctx.envelope.payload) if ctx.attempt else None) or started_ms
         elapsed_s = max(0.0, (_now_ms() - since_ms) / 1000)
         window_s = self._settings.transcription_retry_window_s
         error = f"{type(exc).__name__}: {exc}"

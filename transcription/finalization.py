@@ -11,7 +11,8 @@ counts is made again in Redis by the finalizer:
 
 1. the store's ``begin_finalization`` (``storage/lua/finalize_begin.lua``, like
    every script on the conversation hash) claims the conversation for this
-   event (token = its stream entry id, stable across redeliveries) unless it
+   event (token = the event's id, stable across redeliveries, deferrals and a
+   dead-letter replay) unless it
    is finalized, not finalizable, or claimed by another live event; it
    returns the *generation* (``final_gen``: bumped by every chunk listed or
    deleted);

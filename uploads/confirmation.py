@@ -138,12 +138,15 @@ def make_upload_confirmation_handler(
             await _fail(upload, await attempts_spent_reason(ctx, store.redis), ctx)
             return
         started_ms = _now_ms()
-        errors = _payload_int(ctx.envelope.payload, ERROR_COUNT_FIELD)
+        # Only a deferred run carries its S3-error record: a run with no deferral yet (a new
+        # event, or a dead letter replayed with its payload) starts its own.
+        carried = ctx.envelope.payload if ctx.attempt else {}
+        errors = _payload_int(carried, ERROR_COUNT_FIELD)
         try:
             info = await head_object(s3, bucket=settings.s3_bucket, key=upload.key)
         except S3_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            since_ms = _payload_int(ctx.envelope.payload, ERROR_SINCE_FIELD) or started_ms
+            since_ms = _payload_int(carried, ERROR_SINCE_FIELD) or started_ms
             elapsed_s = max(0.0, (_now_ms() - since_ms) / 1000)
             log.warning("upload_check_failed", conversation_id=upload.conversation_id,
                         chunk_id=upload.chunk_id, attempt=ctx.attempt, errors=errors + 1,

@@ -9,6 +9,14 @@ from aiohttp import web
 from events import catalogue as events
 from events.catalogue import FinalizeRequest
 from gateway import validation as v
+from gateway.api_docs import COMMON_ERRORS, RATE_LIMITED, WRITE_ERRORS, Feed, endpoint
+from gateway.api_models import (
+    Chunk,
+    Conversation,
+    InitiateRequest,
+    PublicProject,
+    UploadTextRequest,
+)
 from gateway.api_services import ApiServices
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.middlewares import request_id_of
@@ -18,13 +26,12 @@ from gateway.responses import json_response
 from storage.conversations import ConversationNotFound
 from transcription.status import processing_status
 
-PROJECT_PUBLIC_FIELDS = (
-    "id", "language", "tags", "is_conversation_allowed", "is_get_reply_enabled",
-    "is_verify_enabled", "is_verify_on_finish_enabled", "default_conversation_tutorial_slug",
-    "default_conversation_title", "default_conversation_description",
-    "default_conversation_finish_text", "default_conversation_ask_for_participant_name",
-    "conversation_ask_for_participant_name_label",
-)
+PROJECT_PUBLIC_FIELDS = tuple(PublicProject.model_fields)
+TAGS = ["participant"]
+#: Ids from a started conversation: its project and itself.
+FROM_INITIATE = Feed("participant_initiate", {
+    "project_id": "$response.body#/project_id", "conversation_id": "$response.body#/id"})
+FROM_PROJECT = Feed("host_create_project", {"project_id": "$response.body#/id"})
 
 routes = web.RouteTableDef()
 
@@ -48,6 +55,8 @@ async def _publish_finalize(
 
 
 @routes.get(PREFIX + "/projects/{project_id}")
+@endpoint("A project as the portal sees it", tags=TAGS, responses={200: PublicProject},
+          errors=COMMON_ERRORS, fed_by=[FROM_PROJECT])
 async def get_project(request: web.Request) -> web.Response:
     project_id = v.path_uuid(request, "project_id")
     project = await checks.project(checks.services(request), project_id)
@@ -55,16 +64,14 @@ async def get_project(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/projects/{project_id}/conversations/initiate")
-async def initiate(request: web.Request) -> web.Response:
+@endpoint("Start a conversation", tags=TAGS, body=InitiateRequest,
+          responses={200: Conversation}, errors={**WRITE_ERRORS, **RATE_LIMITED},
+          fed_by=[FROM_PROJECT])
+async def initiate(request: web.Request, body: InitiateRequest) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
-    body = await v.read_json_object(request)
-    name = v.string(body, "name", max_len=500)
-    email = v.string(body, "email", required=False, max_len=320)
-    user_agent = v.string(body, "user_agent", required=False, max_len=1000)
-    source = v.string(body, "source", required=False, max_len=64)
-    visitor_id = v.string(body, "visitor_id", required=False, max_len=128)
-    tag_ids = v.uuid_list(body, "tag_id_list")
+    name, email, source = body.name, body.email, body.source
+    tag_ids = list(dict.fromkeys(str(t) for t in body.tag_id_list or ()))
 
     project = await checks.project(services, project_id)
     if not project.get("is_conversation_allowed"):
@@ -72,7 +79,8 @@ async def initiate(request: web.Request) -> web.Response:
     known_tags = {t.get("id"): t for t in project.get("tags") or [] if isinstance(t, dict)}
     unknown = [t for t in tag_ids if t not in known_tags]
     if unknown:
-        raise BadRequest(f"tag_id_list: unknown tag ids {', '.join(unknown)}")
+        raise BadRequest(
+            f"tag_id_list: unknown tag ids {', '.join(unknown)}", code="unknown_tag_ids")
     decision = await services.initiate_limiter.hit(checks.client_ip(request))
     if not decision.allowed:
         raise checks.rate_limited(decision, "conversations started")
@@ -82,15 +90,18 @@ async def initiate(request: web.Request) -> web.Response:
         "description": project.get("default_conversation_description"),
         "participant_name": name,
         "participant_email": email,
-        "user_agent": user_agent,
+        "user_agent": body.user_agent,
         "source": source or "PORTAL_AUDIO",
-        "visitor_id": visitor_id,
+        "visitor_id": body.visitor_id,
         "tags": [known_tags[t] for t in tag_ids],
     })
     return json_response(_public_conversation(conversation), headers=decision.headers())
 
 
-@routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id}")
+# "initiate" is not a conversation id: a GET there is a 405, as the document says.
+@routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id:(?!initiate$)[^{}/]+}")
+@endpoint("A conversation (readable even when the project is closed)", tags=TAGS,
+          responses={200: Conversation}, errors=COMMON_ERRORS, fed_by=[FROM_INITIATE])
 async def get_conversation(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
@@ -102,6 +113,8 @@ async def get_conversation(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/projects/{project_id}/conversations/{conversation_id}/chunks")
+@endpoint("Listed chunks by timestamp", tags=TAGS, responses={200: list[Chunk]},
+          errors=COMMON_ERRORS, fed_by=[FROM_INITIATE])
 async def list_chunks(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
@@ -113,6 +126,8 @@ async def list_chunks(request: web.Request) -> web.Response:
 @routes.delete(
     PREFIX + "/projects/{project_id}/conversations/{conversation_id}/chunks/{chunk_id}"
 )
+@endpoint("Delete a chunk", tags=TAGS, responses={200: {"type": "null"}}, errors=WRITE_ERRORS,
+          fed_by=[FROM_INITIATE])
 async def delete_chunk(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
@@ -132,13 +147,13 @@ async def delete_chunk(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/upload-text")
-async def upload_text(request: web.Request) -> web.Response:
+@endpoint("A text chunk (deduplicated by content and timestamp)", tags=TAGS,
+          body=UploadTextRequest, responses={200: Chunk}, errors=WRITE_ERRORS,
+          fed_by=[FROM_INITIATE])
+async def upload_text(request: web.Request, body: UploadTextRequest) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
-    body = await v.read_json_object(request)
-    stamp = v.timestamp(body, "timestamp")
-    content = v.string(body, "content", max_len=100_000, allow_empty=False)
-    source = v.string(body, "source", required=False, max_len=64, default="PORTAL_TEXT")
+    stamp, content, source = body.timestamp, body.content, body.source or "PORTAL_TEXT"
     await checks.conversation(services, conversation_id)
     try:
         chunk, _ = await services.store.add_text_chunk(
@@ -155,6 +170,8 @@ async def upload_text(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/finish")
+@endpoint("Finish the conversation (idempotent)", tags=TAGS, responses={200: {"const": "OK"}},
+          errors=WRITE_ERRORS, fed_by=[FROM_INITIATE])
 async def finish(request: web.Request) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")

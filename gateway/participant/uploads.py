@@ -7,10 +7,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import TypeAdapter, ValidationError
 
 from gateway import upload_workflows as workflows
 from gateway import validation as v
+from gateway.api_docs import RATE_LIMITED, WRITE_ERRORS, Feed, endpoint
+from gateway.api_models import (
+    Chunk,
+    ConfirmRequest,
+    ConfirmResponse,
+    ProbeResponse,
+    Timestamp,
+    UploadChunkForm,
+    UploadUrlRequest,
+    UploadUrlResponse,
+)
 from gateway.api_services import ApiServices
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from gateway.ids import new_uuid4
@@ -30,22 +43,27 @@ from storage.uploads import (
 
 #: Bytes read from the multipart body per S3 write of the legacy upload.
 PART_READ_BYTES = 256 * 1024
+TAGS = ["participant"]
+FROM_INITIATE = Feed("participant_initiate", {"conversation_id": "$response.body#/id"})
+_TIMESTAMP: TypeAdapter[str] = TypeAdapter(Timestamp)
 
 routes = web.RouteTableDef()
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/get-upload-url")
-async def get_upload_url(request: web.Request) -> web.Response:
+@endpoint("A presigned POST for one chunk (40 per 60 s per conversation)", tags=TAGS,
+          body=UploadUrlRequest, responses={200: UploadUrlResponse},
+          errors={**WRITE_ERRORS, **RATE_LIMITED},
+          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"},
+                       body={"conversation_id": "$response.body#/id"})])
+async def get_upload_url(request: web.Request, body: UploadUrlRequest) -> web.Response:
     services = checks.services(request)
     settings = services.settings
     conversation_id = v.path_uuid(request, "conversation_id")
-    body = await v.read_json_object(request)
-    filename = v.string(body, "filename", max_len=1000)
-    content_type = v.string(body, "content_type", max_len=200).strip()
-    if not is_audio_content_type(content_type):
-        raise BadRequest("content_type: must be an audio type (or video/mp4, video/webm)")
-    if v.uuid_field(body, "conversation_id", required=False) not in (None, conversation_id):
-        raise BadRequest("conversation_id: differs from the conversation in the path")
+    filename, content_type = body.filename, body.content_type
+    if body.conversation_id is not None and str(body.conversation_id) != conversation_id:
+        raise BadRequest("conversation_id: differs from the conversation in the path",
+                         code="conversation_id_mismatch")
 
     # The hot path: one script checks the conversation and its project, takes the
     # rate-limit grant and issues the chunk (on Cluster the project is checked first).
@@ -94,18 +112,20 @@ def _confirm_response(confirmation: workflows.Confirmation) -> web.Response:
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/confirm-upload")
-async def confirm_upload(request: web.Request) -> web.Response:
+@endpoint("Confirm an uploaded chunk (idempotent by chunk_id)", tags=TAGS, body=ConfirmRequest,
+          responses={200: ConfirmResponse, 202: ConfirmResponse}, errors=WRITE_ERRORS,
+          fed_by=[FROM_INITIATE, Feed(
+              "participant_get_upload_url", {"conversation_id": "$request.path.conversation_id"},
+              body={"chunk_id": "$response.body#/chunk_id", "file_url": "$response.body#/file_url"},
+          )])
+async def confirm_upload(request: web.Request, body: ConfirmRequest) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
-    body = await v.read_json_object(request)
-    chunk_id = v.uuid_field(body, "chunk_id")
-    assert chunk_id is not None
-    file_url = v.string(body, "file_url", max_len=2000, allow_empty=False)
-    stamp = v.timestamp(body, "timestamp")
-    source = v.string(body, "source", required=False, max_len=64, default="PORTAL_AUDIO")
-    key = key_from_file_url(services.settings, file_url)
+    chunk_id, stamp = str(body.chunk_id), body.timestamp
+    source = body.source or "PORTAL_AUDIO"
+    key = key_from_file_url(services.settings, body.file_url)
     if key is None or not key.startswith(f"conversation/{conversation_id}/"):
-        raise BadRequest("file_url: not an object of this conversation")
+        raise BadRequest("file_url: not an object of this conversation", code="foreign_file_url")
 
     await checks.conversation(services, conversation_id)
     confirmation = await workflows.confirm_upload(
@@ -116,6 +136,8 @@ async def confirm_upload(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/check-s3")
+@endpoint("A presigned PUT probe (text/plain, about 60 s)", tags=TAGS,
+          responses={200: ProbeResponse}, errors=WRITE_ERRORS, fed_by=[FROM_INITIATE])
 async def check_s3(request: web.Request) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
@@ -128,6 +150,10 @@ async def check_s3(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/upload-chunk")
+@endpoint("Legacy upload through the gateway (streamed to S3)", tags=TAGS,
+          body_schema=UploadChunkForm.model_json_schema(), body_media_type="multipart/form-data",
+          body_encoding={"chunk": {"contentType": "audio/webm"}},
+          responses={200: Chunk}, errors={**WRITE_ERRORS, **RATE_LIMITED}, fed_by=[FROM_INITIATE])
 @streams_body
 async def upload_chunk(request: web.Request) -> web.Response:
     """Legacy: the gateway streams the ``chunk`` file part to S3, then treats it as confirmed."""
@@ -152,31 +178,42 @@ async def upload_chunk(request: web.Request) -> web.Response:
                 uploaded = await _store_chunk_part(services, conversation_id, part)
             elif part.name in ("timestamp", "source"):
                 raw = await part.read(decode=False)
-                if len(raw) > 200:
+                if len(raw) > 1024:
                     raise BadRequest(f"{part.name}: too long")
                 fields[part.name] = raw.decode("utf-8", "replace")
                 if part.name == "timestamp" and uploaded is None:
-                    v.timestamp(fields, "timestamp")  # 400 before anything is uploaded
+                    _timestamp(fields["timestamp"])  # 400 before anything is uploaded
             else:
                 # Drain unknown parts without keeping them.
                 while await part.read_chunk(64 * 1024):
                     pass
-    except ValueError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+    except ClientError:
+        raise  # an outgoing connection's failure (S3) is not the request's fault
+    except (ValueError, HttpProcessingError, ConnectionResetError) as exc:
+        # aiohttp's part reader raises these for a bad part header (InvalidHeader), broken
+        # framing, or a body that ends before its declared length (the client left).
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_body") from None
     if uploaded is None:
         raise BadRequest("chunk: file part required")
     try:
-        stamp = v.timestamp(fields, "timestamp", required=False) or datetime.now(UTC).isoformat()
+        stamp = _timestamp(fields["timestamp"]) if "timestamp" in fields else None
     except BadRequest:
         # The timestamp came after the file: leave no orphan object behind.
         await workflows.discard_upload(services, uploaded)
         raise
     source = fields.get("source") or "PORTAL_AUDIO"
     chunk = await workflows.confirm_stored_upload(
-        services, uploaded, timestamp=stamp, source=source[:64],
+        services, uploaded, timestamp=stamp or datetime.now(UTC).isoformat(), source=source[:64],
         request_id=request_id_of(request) or "",
     )
     return json_response(chunk)
+
+
+def _timestamp(value: str) -> str:
+    try:
+        return _TIMESTAMP.validate_python(value)
+    except ValidationError:
+        raise BadRequest("timestamp: must be an ISO 8601 time") from None
 
 
 async def _store_chunk_part(

@@ -1,0 +1,57 @@
+"""Shared pieces of the stuck-work sweeper tests: short bounds, a sweeper built on the test's
+clients, and reads of what the sweeper leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry
+from transcription_support import OVERRIDES
+
+from config import Settings
+from gateway.wiring import publisher_for
+from recovery.alerts import RecoveryMetrics
+from recovery.sweeper import StuckSweeper
+from storage.conversations import ConversationStore
+from storage.redis_client import RedisClient
+from storage.s3_client import S3Client
+from storage.sweep_lease import SweepLease
+
+#: Bounds of seconds: a chunk is stuck in ``uploaded`` after 1 + 2 x 1 = 3 s, a finished
+#: conversation after 1 s; a sweep is due every 0.3 s.
+RECOVERY_OVERRIDES = {
+    **OVERRIDES, "STREAM_LEASE_S": "1", "TRANSCRIPTION_MAX_ATTEMPTS": "1",
+    "TRANSCRIPTION_RETRY_WINDOW_S": "1", "UPLOAD_VERIFY_DELAYS_S": "0.1",
+    "UPLOAD_VERIFY_ERROR_WINDOW_S": "0.5", "STUCK_AFTER_S": "1", "STUCK_SWEEP_INTERVAL_S": "0.3",
+}
+
+
+def make_sweeper(
+    settings: Settings, redis: RedisClient, s3: S3Client, registry: CollectorRegistry | None = None,
+    owner: str = "test",
+) -> StuckSweeper:
+    return StuckSweeper(
+        store=ConversationStore(redis), s3=s3, publisher=publisher_for(redis, settings),
+        lease=SweepLease(redis), settings=settings,
+        metrics=RecoveryMetrics(registry or CollectorRegistry()), owner=owner,
+    )
+
+
+@contextlib.asynccontextmanager
+async def sweeping(sweeper: StuckSweeper) -> AsyncIterator[None]:
+    """The sweeper's loop runs in this process for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sweeper.run_forever(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
