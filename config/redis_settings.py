@@ -28,7 +28,8 @@ class RedisSettings(SettingsSection):
     )
     redis_max_connections: int = setting(
         "REDIS_MAX_CONNECTIONS", int_at_least(2), 20,
-        "connections in the per-process pool; callers wait for a free one",
+        "connections in the per-process pool (on Cluster: operations in flight per process); "
+        "callers wait for a free one",
     )
     redis_sentinels: tuple[tuple[str, int], ...] = setting(
         "REDIS_SENTINELS", parse_host_ports, (),

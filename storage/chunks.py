@@ -25,6 +25,7 @@ from storage.store_errors import (
     ProjectClosed,
     ProjectNotFound,
     StoreError,
+    WriteLost,
 )
 
 CHUNK_STATES = ("issued", "pending_verification", "uploaded", "transcribing", "transcribed", "failed")
@@ -167,7 +168,8 @@ class ChunkStore(StoreCore):
         if reply[0] == "created":
             await self._touch(conversation_id, int(reply[2]))
         chunk = await self.get_chunk(conversation_id, str(reply[1]))
-        assert chunk is not None
+        if chunk is None:
+            raise WriteLost(f"text chunk {reply[1]} was stored but is not there")
         return chunk, reply[0] == "created"
 
     async def _touch(self, conversation_id: str, now_ms: int) -> None:

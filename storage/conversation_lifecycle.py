@@ -17,7 +17,7 @@ from storage.project_memo import ProjectMemo
 from storage.redis_autopipeline import AutoPipeline
 from storage.redis_client import RedisClient
 from storage.store_core import StoreCore, field_pairs, ms_to_iso
-from storage.store_errors import ConversationNotFound, StoreError
+from storage.store_errors import ConversationNotFound, StoreError, WriteLost
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,8 @@ class ConversationLifecycle(StoreCore):
         pipe.zadd(self.idle_key(), {conversation_id: created_ms})
         await pipe.execute()
         conversation = await self.get_conversation(conversation_id)
-        assert conversation is not None
+        if conversation is None:
+            raise WriteLost(f"conversation {conversation_id} was created but is not there")
         return conversation
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:

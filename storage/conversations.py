@@ -53,6 +53,7 @@ from storage.store_errors import (
     ProjectClosed,
     ProjectNotFound,
     StoreError,
+    WriteLost,
 )
 from storage.summaries import SummaryDraft, SummaryInputs, SummaryStore
 
@@ -87,6 +88,7 @@ __all__ = [
     "SummaryDraft",
     "SummaryInputs",
     "TransitionResult",
+    "WriteLost",
     "iso_to_ms",
     "ms_to_iso",
 ]

@@ -59,7 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import RedisSettings
-from storage.redis_client import RedisClient, RedisTimeouts
+from storage.redis_client import BlockingSentinelConnectionPool, RedisClient, RedisTimeouts
 from storage.redis_connection import Endpoint, RespProtocol, connect
 
 log = structlog.get_logger(__name__)
@@ -245,6 +245,17 @@ class AutoPipeline:
         if self._out and not self._closed:
             self._flush()
 
+    def master_switched(self, master: tuple[str, int]) -> None:
+        """The Sentinels named ``master`` (``storage.redis_client.follow_master``): unless
+        already connected to it, drop the connection, failing what awaits a reply on it with
+        ``ConnectionError`` (never re-sent); the next command connects to the new master."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return
+        peer = protocol.transport.get_extra_info("peername")
+        if peer is None or (str(peer[0]), int(peer[1])) != master:
+            protocol.drop(RedisConnectionError("the Redis master changed"))
+
     async def aclose(self) -> None:
         """Fail what is pending with ``ConnectionError`` and close the connection."""
         self._closed = True
@@ -314,9 +325,14 @@ async def open_autopipeline(
     collector = AutoPipelineCollector(pipeline)
     if registry is not None:
         registry.register(collector)
+    switches = endpoint.sentinel_pool
+    if isinstance(switches, BlockingSentinelConnectionPool):
+        switches.on_master_switch.append(pipeline.master_switched)
     try:
         yield pipeline
     finally:
+        if isinstance(switches, BlockingSentinelConnectionPool):
+            switches.on_master_switch.remove(pipeline.master_switched)
         if registry is not None:
             registry.unregister(collector)
         await pipeline.aclose()

@@ -6,8 +6,9 @@ once and shared; nobody makes a connection per operation.
 
 Failure behaviour, which the HTTP layer relies on:
 
-* a busy pool makes callers wait (``BlockingConnectionPool``) up to
-  ``pool_timeout_s``, never fail at once;
+* a busy pool makes callers wait (``BlockingConnectionPool``; on Cluster
+  :class:`storage.redis_cluster.WaitingRedisCluster`) up to ``pool_wait_s``,
+  never fail at once;
 * a dead connection (Redis restarted) is found by ``health_check_interval``
   or on use, dropped, and the command retried on a new one with exponential
   back-off, so the process recovers on its own;
@@ -18,13 +19,16 @@ Failure behaviour, which the HTTP layer relies on:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -35,8 +39,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import RedisSettings
+from storage.redis_cluster import WaitingRedisCluster
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
+
+log = structlog.get_logger(__name__)
 
 #: Errors that mean "Redis cannot be reached right now"; HTTP maps them to 503.
 REDIS_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -74,7 +81,60 @@ class RedisTimeouts:
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's master discovery with the waiting behaviour of ``BlockingConnectionPool``
-    (redis-py's own Sentinel pool fails at once when every connection is busy)."""
+    (redis-py's own Sentinel pool fails at once when every connection is busy).
+
+    ``on_master_switch`` callbacks run when :func:`follow_master` sees the Sentinels name
+    another master (the auto-pipelined connection drops its connection there)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis-py: unannotated
+        self.on_master_switch: list[Callable[[tuple[str, int]], None]] = []
+
+
+#: How often a Sentinel client asks which server is the master.
+MASTER_CHECK_INTERVAL_S = 1.0
+
+
+async def _close_connections_elsewhere(
+    pool: BlockingSentinelConnectionPool, master: tuple[str, int]
+) -> None:
+    """Close the pool's idle connections, and those in use that are not to ``master`` (the
+    ones already on it carry on: their commands are not cut off and retried)."""
+    await pool.disconnect(inuse_connections=False)
+    # redis-py keeps the checked-out connections in this set and offers no public view.
+    stale = [c for c in list(pool._in_use_connections)
+             if (getattr(c, "host", None), getattr(c, "port", None)) != master]
+    await asyncio.gather(*(c.disconnect() for c in stale), return_exceptions=True)
+
+
+async def follow_master(
+    pool: BlockingSentinelConnectionPool, interval_s: float = MASTER_CHECK_INTERVAL_S
+) -> None:
+    """Ask the Sentinels for the master every ``interval_s``; when they name another one,
+    close every connection of the pool not to it, in use or not, and run ``on_master_switch``.
+
+    redis-py asks for the master only when it opens a connection, so without this the
+    pool's open connections would keep writing to a demoted master that is still running
+    (a forced failover, a partition) until it turns replica and answers READONLY, about
+    10 s later: those writes are lost when it resyncs. A command cut off here fails with
+    ``ConnectionError`` (retried on a new connection, else 503).
+    """
+    last: tuple[str, int] | None = None
+    while True:
+        try:
+            address = tuple(await pool.sentinel_manager.discover_master(pool.service_name))
+        except REDIS_UNAVAILABLE_ERRORS:  # MasterNotFoundError is a ConnectionError
+            address = None
+        if address is not None:
+            if last is not None and address != last:
+                log.warning("redis_master_switched", old=f"{last[0]}:{last[1]}",
+                            new=f"{address[0]}:{address[1]}")
+                pool.master_address = address
+                await _close_connections_elsewhere(pool, address)
+                for callback in list(pool.on_master_switch):
+                    callback((str(address[0]), int(address[1])))
+            last = (str(address[0]), int(address[1]))
+        await asyncio.sleep(interval_s)
 
 
 def keepalive_options() -> dict[int, int]:
@@ -139,8 +199,9 @@ def _make_redis(
         raise ValueError("REDIS_URL is not set")
     if settings.redis_cluster:
         cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_error",)}
-        cluster = RedisCluster.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, **cluster_kwargs
+        cluster = WaitingRedisCluster.from_url(
+            settings.redis_url, max_in_flight=settings.redis_max_connections,
+            pool_wait_s=timeouts.pool_wait_s, **cluster_kwargs,
         )
         return cluster, []
     pool = BlockingConnectionPool.from_url(
@@ -162,9 +223,17 @@ async def open_redis(
     once it is back (readiness says so meanwhile).
     """
     client, helpers = _make_redis(settings, timeouts or RedisTimeouts())
+    follower: asyncio.Task[None] | None = None
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, BlockingSentinelConnectionPool):
+        follower = asyncio.create_task(follow_master(pool), name="redis master follower")
     try:
         yield client
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await client.aclose()
         for helper in helpers:
             await helper.aclose()

@@ -3,6 +3,8 @@ to a status and catches nothing broader."""
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 
 class StoreError(Exception):
     """A state change the store refused; the HTTP layer maps each kind to a status."""
@@ -26,3 +28,12 @@ class ProjectNotFound(StoreError):
 
 class ProjectClosed(StoreError):
     """The project does not take participation (``is_conversation_allowed`` false)."""
+
+
+class WriteLost(RedisConnectionError):
+    """A write Redis acknowledged is not there when read back: the master changed in between
+    (a failover loses what the old master took after the replica's promotion, and the
+    auto-pipelined connection and the pool may briefly reach different masters).
+
+    A kind of "Redis unavailable": the HTTP layer answers 503 and the client retries.
+    """

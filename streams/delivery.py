@@ -45,7 +45,7 @@ from streams.attempts import History
 from streams.capacity import RETRY, Capacity, Reservation
 from streams.envelope import Envelope, EnvelopeError, decode, encode_member
 from streams.group import Entry, GroupContext, entries_from_flat
-from streams.loops import cancel, forever
+from streams.loops import cancel, forever, raise_if_cancel_was_swallowed
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
 from streams.spec import Defer, EventContext
 
@@ -189,6 +189,7 @@ class Delivery:
             self._own_cursor = f"({last}" if last else None
         idle = True
         while True:
+            raise_if_cancel_was_swallowed()
             await self.capacity.wait_for_space()
             # Idle: one read per wake-up, holding room for one entry only, so the reclaim
             # may use the rest while this read blocks.
@@ -211,6 +212,7 @@ class Delivery:
 
     async def _work(self) -> None:
         while True:
+            raise_if_cancel_was_swallowed()
             entry = await self._queue.get()
             if entry.entry_id not in self._held:  # lost meanwhile
                 continue

@@ -28,7 +28,7 @@ from streams import retention
 from streams.backlog import backlog_rows
 from streams.capacity import RECLAIM, Capacity, Reservation
 from streams.group import Entry, GroupContext, entries_from_flat
-from streams.loops import cancel, forever
+from streams.loops import cancel, forever, raise_if_cancel_was_swallowed
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +90,7 @@ class Housekeeping:
         last = {"reclaim": 0.0, "retention": 0.0, "reap": 0.0, "metrics": 0.0}
         reclaim_every_s = min(1.0, ctx.lease_s / 4)
         while True:
+            raise_if_cancel_was_swallowed()
             now = time.monotonic()
             await self._intake.retry_due(now)
             await ctx.scripts.move_due(

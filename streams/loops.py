@@ -28,6 +28,15 @@ def is_nogroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
 
 
+def raise_if_cancel_was_swallowed() -> None:
+    """Raise ``CancelledError`` if this task was cancelled and a callee swallowed it; loops
+    that never return to :func:`forever` call it each round, or one swallowed cancellation
+    (CPython gh-86296, through redis-py's ``wait_for``) would keep them running for good."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def forever(
     step: Step, what: str, *, stream: str, group: str, recreate_group: Step
 ) -> None:
@@ -41,9 +50,7 @@ async def forever(
         try:
             await step()
             failures = 0
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # a callee swallowed our cancellation
+            raise_if_cancel_was_swallowed()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -26,8 +26,11 @@ from storage.s3_client import S3Client, ensure_bucket, open_s3
 # streams_support, api_support: the fixtures of the streams tests and of the API tests,
 # registered once here so test modules import only their helpers. streams_support comes
 # first: api_support imports it, and a module imported before its registration misses
-# pytest's assertion rewriting.
-pytest_plugins = ["pytester", "per_test_timeout", "streams_support", "api_support"]
+# pytest's assertion rewriting. cluster_support: the session's Redis Cluster and the
+# ``redis_cluster`` marker that moves a test's Redis fixtures onto it.
+pytest_plugins = [
+    "pytester", "per_test_timeout", "streams_support", "api_support", "cluster_support",
+]
 
 # Tests that start real processes must not inherit the developer's configuration.
 for _name in list(os.environ):
@@ -60,8 +63,11 @@ def bucket_name() -> str:
 
 
 @pytest.fixture
-def base_env(redis_server: RedisServer) -> dict[str, str]:
-    """Environment of a gateway that talks to the session's Redis (and no S3)."""
+def base_env(request: pytest.FixtureRequest, redis_server: RedisServer) -> dict[str, str]:
+    """Environment of a gateway that talks to the session's Redis (and no S3); for a test
+    marked ``redis_cluster``, to the session's Redis Cluster (tests/cluster_support.py)."""
+    if request.node.get_closest_marker("redis_cluster") is not None:
+        return dict(request.getfixturevalue("cluster_base_env"))
     return {
         "REDIS_URL": redis_server.url,
         "LOG_LEVEL": "warning",

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from waiting import wait_until
 
 from config import Settings
-from devstack.servers import RedisServer, find_redis_server, free_port, free_port_block
+from devstack.servers import RedisServer, find_redis_server, free_port
 from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import RedisClient, open_redis
 
@@ -109,44 +109,30 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
             await asyncio.wait_for(sentinel.wait(), timeout=10)
 
 
-async def test_cluster_runs_hash_tagged_scripts_across_three_masters(tmp_path: Path) -> None:
-    servers = [
-        # The cluster bus listens on port + 10000, so the block must leave room for it.
-        RedisServer(tmp_path / f"node{i}", port=free_port_block(1), extra_args=(
-            "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / f"nodes{i}.conf"),
-            "--cluster-node-timeout", "2000",
-        ))
-        for i in range(3)
-    ]
-    for server in servers:
-        await server.start()
-    try:
-        # In a thread: subprocess.run keeps its timeout (and kills redis-cli at it).
-        await asyncio.to_thread(
-            subprocess.run,
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
+@pytest.mark.redis_cluster
+async def test_cluster_runs_hash_tagged_scripts_across_three_masters(settings: Settings) -> None:
+    """On the session's cluster (tests/cluster_support.py)."""
+    async with open_redis(settings) as client:
+        assert isinstance(client, RedisCluster)
+        script = client.register_script(
+            "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); "
+            "return redis.call('MGET', KEYS[1], KEYS[2])"
         )
-        settings = Settings.from_env({"REDIS_URL": servers[0].url, "REDIS_CLUSTER": "true"})
-        async with open_redis(settings) as client:
-            assert isinstance(client, RedisCluster)
-            await wait_until(client.cluster_info,
-                             until=lambda info: info.get("cluster_state") == "ok",
-                             timeout_s=30, interval_s=0.1, retry_on=(RedisConnectionError,),
-                             message="the cluster never became ok")
-            script = client.register_script(
-                "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); "
-                "return redis.call('MGET', KEYS[1], KEYS[2])"
-            )
-            for n in range(20):
-                tag = f"{{c:{n}}}"
-                assert await script(keys=[f"echo:{tag}:a", f"echo:{tag}:b"], args=[str(n)]) == [
-                    str(n), str(n)
-                ]
-            assert await client.ping() is True
-            async with open_autopipeline(settings, client) as pipeline:
-                assert pipeline is None  # Cluster: the scripts go through the cluster client
-    finally:
-        for server in servers:
-            server.stop()
+        for n in range(20):
+            tag = f"{{c:{n}}}"
+            assert await script(keys=[f"echo:{tag}:a", f"echo:{tag}:b"], args=[str(n)]) == [
+                str(n), str(n)
+            ]
+        assert await client.ping() is True
+        async with open_autopipeline(settings, client) as pipeline:
+            assert pipeline is None  # Cluster: the scripts go through the cluster client
+
+
+async def test_a_cluster_with_no_reachable_node_is_a_connection_error() -> None:
+    """What the API answers 503 for and consumers back off from (redis-py raises a
+    RedisClusterException, which would be a 500)."""
+    settings = Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+                                  "REDIS_CLUSTER": "true"})
+    async with open_redis(settings) as client:
+        with pytest.raises(RedisConnectionError, match="cannot be connected"):
+            await client.ping()

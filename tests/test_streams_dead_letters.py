@@ -4,13 +4,10 @@ replay (re-published and removed in one script, handled exactly once), drop."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from streams_support import (
     DEADLINE_S,
     as_text,
@@ -22,7 +19,6 @@ from streams_support import (
 from waiting import wait_until
 
 from config import Settings
-from devstack.servers import RedisServer, free_port_block
 from storage.redis_client import RedisClient, open_redis
 from streams.backlog import backlog_rows
 from streams.config import StreamsConfig
@@ -167,46 +163,25 @@ async def test_dead_letter_and_delayed_gauges_follow_the_backlog(
     assert registry.get_sample_value("echo_stream_dead_letters", labels) == 1
 
 
+@pytest.mark.redis_cluster
 async def test_list_replay_and_drop_work_on_a_three_master_cluster(
-    tmp_path: Path, streams_config: StreamsConfig,
+    base_env: dict[str, str], streams_config: StreamsConfig,
 ) -> None:
     """Replay is one script over a stream and its dead letters: one hash tag, one slot, so it
     runs on Cluster, for every stream wherever its slot lives."""
-    servers = [
-        RedisServer(tmp_path / f"node{i}", port=free_port_block(1), extra_args=(
-            "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / f"nodes{i}.conf"),
-            "--cluster-node-timeout", "2000",
-        ))
-        for i in range(3)
-    ]
-    for server in servers:
-        await server.start()
-    try:
-        await asyncio.to_thread(
-            subprocess.run,
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
-        )
-        settings = Settings.from_env({"REDIS_URL": servers[0].url, "REDIS_CLUSTER": "true"})
-        async with open_redis(settings) as cluster:
-            assert isinstance(cluster, RedisCluster)
-            await wait_until(cluster.cluster_info,
-                             until=lambda info: info.get("cluster_state") == "ok",
-                             timeout_s=30, interval_s=0.1, retry_on=(RedisConnectionError,))
-            names = StreamNames(streams_config.key_prefix)
-            dead = DeadLetters(cluster, names)
-            publisher = Publisher.from_config(cluster, streams_config)
-            for stream in ("uploads", "transcription", "llm"):
-                await make_dead_letters(cluster, streams_config, publisher, stream, 2)
-                replayed, dropped = (await dead.list(stream)).letters
-                new_id = await dead.replay(stream, replayed.id)
-                assert new_id is not None and await dead.replay(stream, replayed.id) is None
-                assert await dead.drop(stream, dropped.id) is True
-                assert (await dead.list(stream)).letters == []
-                last_id, fields = (await read_stream(cluster, names.stream(stream)))[-1]
-                assert (last_id, fields["id"]) == (new_id, replayed.event_id)
-    finally:
-        for server in servers:
-            server.stop()
+    async with open_redis(Settings.from_env(base_env)) as cluster:
+        assert isinstance(cluster, RedisCluster)
+        await cluster.flushall()
+        names = StreamNames(streams_config.key_prefix)
+        dead = DeadLetters(cluster, names)
+        publisher = Publisher.from_config(cluster, streams_config)
+        for stream in ("uploads", "transcription", "llm"):
+            await make_dead_letters(cluster, streams_config, publisher, stream, 2)
+            replayed, dropped = (await dead.list(stream)).letters
+            new_id = await dead.replay(stream, replayed.id)
+            assert new_id is not None and await dead.replay(stream, replayed.id) is None
+            assert await dead.drop(stream, dropped.id) is True
+            assert (await dead.list(stream)).letters == []
+            last_id, fields = (await read_stream(cluster, names.stream(stream)))[-1]
+            assert (last_id, fields["id"]) == (new_id, replayed.event_id)
 
