@@ -58,6 +58,8 @@ class GroupContext:
     #: This process's consumer name in the group.
     consumer: str
     concurrency: int
+    #: Entries held beyond the running ones, at most (read ahead, queued for the workers).
+    prefetch: int
     lease_s: float
     max_deliveries: int
 
@@ -77,6 +79,7 @@ class GroupContext:
             redis=redis, scripts=scripts, names=names, keys=names.keys(spec.stream), spec=spec,
             config=config, metrics=metrics, consumer=consumer,
             concurrency=spec.concurrency or config.concurrency,
+            prefetch=spec.prefetch if spec.prefetch is not None else config.prefetch,
             lease_s=spec.lease_s or config.lease_s,
             max_deliveries=spec.max_deliveries or config.max_deliveries,
         )

@@ -216,14 +216,14 @@ async def test_start_markers_leave_nothing_behind_once_acked_deferred_or_dead_le
     assert [d["type"] for d in await dead_letters(r, names, "llm")] == ["fail"]
 
 
-async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concurrency(
+async def test_reader_and_reclaim_together_never_hold_more_than_concurrency_plus_prefetch(
     r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """Stranded entries of a dead consumer (taken by the reclaim) and new entries (taken by
-    the reader, blocked meanwhile) arrive at once: the consumer holds 2 x concurrency, not
-    twice that."""
-    concurrency, keys = 2, names.keys("llm")
-    bound = 2 * concurrency
+    the reader, blocked meanwhile) arrive at once: the consumer holds concurrency + prefetch,
+    not twice that."""
+    concurrency, prefetch, keys = 2, 3, names.keys("llm")
+    bound = concurrency + prefetch
     await r.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
     stranded = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(3 * bound)])
     await r.xreadgroup("llm", "dead", {keys.stream: ">"}, count=len(stranded))
@@ -234,7 +234,8 @@ async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concur
         started.append(ctx.entry_id)
         await release.wait()  # the handler's work: until the test has counted
 
-    spec = GroupSpec("llm", "llm", handle, concurrency=concurrency, lease_s=LEASE_S)
+    spec = GroupSpec("llm", "llm", handle, concurrency=concurrency, prefetch=prefetch,
+                     lease_s=LEASE_S)
     peak = 0
     async with running(r, streams_config, spec, name="c1", grace_s=1.0) as runtime:
         delivery = runtime.groups[0].delivery
