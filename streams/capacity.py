@@ -69,6 +69,7 @@ class Capacity:
         #: The room the intake waits for: the event is set only once there is that much, so
         #: entries let go one by one do not wake the reader for each.
         self._want = 1
+        self._intake_waiting = False
 
     def held_count(self) -> int:
         """Entries in hand: queued for a worker or running."""
@@ -122,7 +123,11 @@ class Capacity:
                 return
             self._want = at_least
             self._space.clear()
-            await self._space.wait()
+            self._intake_waiting = True
+            try:
+                await self._space.wait()
+            finally:
+                self._intake_waiting = False
 
     def nudge(self) -> None:
         """Wake a waiting intake if there is any room (its ``starving`` condition changed)."""
@@ -130,7 +135,7 @@ class Capacity:
             self._space.set()
 
     def _signal(self) -> None:
-        if self.available(INTAKE) >= self._want:
+        if self._intake_waiting and self.available(INTAKE) >= self._want:
             self._space.set()
 
     def to_waiting(self, entry_id: str) -> None:

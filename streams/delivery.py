@@ -52,6 +52,7 @@ from streams.capacity import RETRY, Capacity, Reservation
 from streams.envelope import Envelope, EnvelopeError, decode, encode_member
 from streams.group import Entry, GroupContext, entries_from_flat
 from streams.loops import cancel, forever
+from streams.metrics import observe_many
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
 from streams.spec import Defer, EventContext
 
@@ -86,6 +87,10 @@ class Delivery:
         self._m_processed = ctx.metrics.processed.labels(*ctx.labels)
         self._m_handler_s = ctx.metrics.handler_s.labels(*ctx.labels)
         self._m_deliveries = ctx.metrics.deliveries.labels(*ctx.labels)
+        # Counted here per entry, added to the metrics once per burst (_flush_metrics).
+        self._n_processed = 0
+        self._n_first_deliveries = 0
+        self._raw_cap = attempts.raw_cap(ctx.max_deliveries)
         self.capacity = Capacity(ctx.concurrency + ctx.prefetch,
                                  max_waiting=16 * ctx.concurrency)
         self._low_water = max(1, ctx.prefetch // 2)
@@ -141,6 +146,7 @@ class Delivery:
             await asyncio.sleep(0.05)
         still_running = list(self._running)
         await cancel(self._workers)
+        self._flush_metrics()
         for eid in still_running:
             self._drop(eid)
         # The starts of handlers cut off count: recorded before their entries go back.
@@ -229,9 +235,11 @@ class Delivery:
         since_yield = 0
         while True:
             if queue.empty():
+                self._flush_metrics()
                 self.capacity.nudge()  # the reader may read a smaller batch now
                 since_yield = 0
             elif since_yield >= YIELD_EVERY:
+                self._flush_metrics()
                 since_yield = 0
                 await asyncio.sleep(0)
                 continue
@@ -252,6 +260,14 @@ class Delivery:
             finally:
                 running.discard(entry.entry_id)
 
+    def _flush_metrics(self) -> None:
+        if self._n_processed:
+            self._m_processed.inc(self._n_processed)
+            self._n_processed = 0
+        if self._n_first_deliveries:
+            observe_many(self._m_deliveries, 1, self._n_first_deliveries)
+            self._n_first_deliveries = 0
+
     def _drop(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
         self.capacity.let_go(entry_id)
@@ -262,7 +278,7 @@ class Delivery:
             reason, append_error = attempts.exhausted_reason(history)
             await self._dead_letter(entry, reason, append_last_error=append_error)
             return
-        if entry.deliveries > attempts.raw_cap(ctx.max_deliveries):
+        if entry.deliveries > self._raw_cap:
             await self._dead_letter(entry, attempts.uncounted_reason(entry.deliveries, history))
             return
         try:
@@ -284,7 +300,10 @@ class Delivery:
             envelope=envelope, payload=payload, deliveries=entry.deliveries, names=ctx.names,
             attempts=history.attempt, reclaimed_after_crash=history.last_crashed,
         )
-        self._m_deliveries.observe(entry.deliveries)
+        if entry.deliveries == 1:
+            self._n_first_deliveries += 1
+        else:
+            self._m_deliveries.observe(entry.deliveries)
         self.acker.started(entry)
         started = time.perf_counter()
         try:
@@ -300,7 +319,7 @@ class Delivery:
             await asyncio.shield(self._failed(entry, exc))
             return
         self._m_handler_s.observe(time.perf_counter() - started)
-        self._m_processed.inc()
+        self._n_processed += 1
         self.acker.ack(entry)
         self._drop(entry.entry_id)
 
