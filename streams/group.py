@@ -7,7 +7,7 @@ Delivery and housekeeping of a group both work from one :class:`GroupContext`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams.attempts import History
@@ -18,6 +18,9 @@ from streams.redis_types import RedisClient
 from streams.scripts import Scripts
 from streams.spec import GroupSpec
 
+#: The history of an entry with no recorded start (immutable, so shared).
+NEVER_STARTED = History()
+
 
 @dataclass(slots=True)
 class Entry:
@@ -27,7 +30,7 @@ class Entry:
     entry_id: str
     fields: dict[str, str]
     deliveries: int
-    history: History = field(default_factory=History)
+    history: History = NEVER_STARTED
     #: A start marker of this run may be in Redis: its field goes with the ack.
     marked: bool = False
 
