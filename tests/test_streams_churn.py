@@ -377,3 +377,37 @@ async def test_stranded_entries_are_reclaimed_while_new_entries_keep_the_reader_
             assert len(handled) > len(stranded)  # new entries flowed meanwhile
         finally:
             load.cancel()
+
+
+async def test_entries_read_ahead_keep_their_lease_while_they_wait(
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
+) -> None:
+    """A consumer running one long handler holds three more entries read ahead (concurrency
+    1, prefetch 3): their leases are renewed while they wait, so another consumer's reclaim
+    does not take them however long the first handler runs; each runs once, there."""
+    keys = names.keys("llm")
+    release = asyncio.Event()
+    seen: list[tuple[str, str]] = []
+
+    def spec_for(consumer: str) -> GroupSpec:
+        async def handle(ctx: EventContext) -> None:
+            seen.append((consumer, ctx.entry_id))
+            await release.wait()  # the first handler's work: until the test has waited
+
+        return GroupSpec("llm", "llm", handle, concurrency=1, prefetch=3, lease_s=LEASE_S)
+
+    ids = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(4)])
+    async with running(r, streams_config, spec_for("a"), name="a", grace_s=1.0):
+        await wait_until(lambda: pending_of(r, keys.stream, "llm", "a"), until=lambda n: n == 4,
+                         timeout_s=DEADLINE_S, message="a did not read ahead")
+        async with running(r, streams_config, spec_for("b"), name="b", grace_s=1.0):
+            # Redis's clock, three leases on: b's reclaim (every lease / 4) ran many times.
+            seconds, _ = await r.time()
+            await wait_until(r.time, until=lambda t: int(t[0]) >= int(seconds) + 3 * LEASE_S + 1,
+                             timeout_s=DEADLINE_S)
+            assert await pending_of(r, keys.stream, "llm", "a") == 4
+            assert seen == [("a", ids[0])]
+            release.set()
+            await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0,
+                             timeout_s=DEADLINE_S)
+    assert sorted(seen) == sorted(("a", eid) for eid in ids)
