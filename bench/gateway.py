@@ -12,14 +12,12 @@ first in even ones), so that drift in the machine's speed hits both alike.
 Prints each round, the median requests per second of each server with its p99
 latency, and the ratio: the median of the rounds' ratios (the two runs of a
 round are close in time, so their ratio cancels drift best), with the ratio of
-the medians beside it. Target: the gateway reaches at least 0.35 of the
-bare handler.
+the medians beside it. Target: the gateway reaches at least 0.5 of the
+bare handler (stretch 0.6). A third server, the gateway with
+``REDIS_AUTOPIPELINE=false``, runs in the same rounds: the auto-pipelined
+connection's worth. ``--json`` prints the rows for ``bench/run``.
 
-With ``--compare-root DIR`` (another checkout, e.g. ``git archive <commit> | tar -x -C DIR``)
-a third server, that tree's gateway, joins the same rounds, and the ratio of this
-gateway to that one is printed too: a before/after comparison in one run.
-
-    .venv/bin/python bench/gateway.py [--duration 10] [--rounds 5] [--connections 16] [--conversations 12000] [--compare-root DIR]
+    .venv/bin/python bench/gateway.py [--duration 10] [--rounds 5] [--connections 16] [--conversations 12000] [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,9 +155,9 @@ async def main() -> int:
     parser.add_argument("--conversations", type=int, default=12000,
                         help="spread over enough that none gets 40 requests in a minute")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per server")
-    parser.add_argument("--compare-root", type=Path, default=None,
-                        help="another source tree whose gateway runs in the same rounds")
+    parser.add_argument("--json", action="store_true", help="print ROW lines for bench/run")
     args = parser.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     if not shutil.which("wrk"):
         print("wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -180,15 +179,15 @@ async def main() -> int:
             try:
                 # Both servers run for the whole benchmark; rounds alternate between them, so
                 # drift in the machine's speed (other tenants, frequency) hits both alike.
-                plan = [("bare", SERVE_BARE, ROOT), ("gateway", SERVE_GATEWAY, ROOT)]
-                if args.compare_root is not None:
-                    plan.append(("before", SERVE_GATEWAY, args.compare_root.resolve()))
-                for name, source, root in plan:
+                for name, source, extra in (
+                    ("bare", SERVE_BARE, {}), ("gateway", SERVE_GATEWAY, {}),
+                    ("no-autopipeline", SERVE_GATEWAY, {"REDIS_AUTOPIPELINE": "false"}),
+                ):
                     port = free_port()
                     # Started once, before anything is timed: a blocking spawn is harmless here.
                     servers[name] = port, subprocess.Popen(  # noqa: ASYNC220
-                        [sys.executable, "-c", source % {"root": str(root), "port": port}], env=env,
-                        stdout=subprocess.DEVNULL,
+                        [sys.executable, "-c", source % {"root": str(ROOT), "port": port}],
+                        env={**env, **extra}, stdout=subprocess.DEVNULL,
                     )
                 for name, (port, proc) in servers.items():
                     await _wait_up(f"http://127.0.0.1:{port}", proc)
@@ -199,17 +198,18 @@ async def main() -> int:
                 runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
                 for name, (port, _) in servers.items():
                     _wrk(port, script, 2, args.connections)  # warm-up
-                names = list(servers)
                 for round_no in range(args.rounds):
-                    # Each server goes first in turn (two servers: alternate).
-                    shift = round_no % len(names)
-                    order = names[shift:] + names[:shift]
+                    order = list(servers)
+                    if round_no % 2:
+                        order.reverse()
                     for name in order:
                         runs[name].append(_wrk(servers[name][0], script, args.duration,
                                                args.connections))
-                    print(f"round {round_no + 1}: " + ", ".join(
-                        f"{name} {runs[name][-1]['rps']:.0f} req/s" for name in names
-                    ) + f", ratio {runs['gateway'][-1]['rps'] / runs['bare'][-1]['rps']:.2f}")
+                    say(f"round {round_no + 1}: bare {runs['bare'][-1]['rps']:.0f} req/s, "
+                        f"gateway {runs['gateway'][-1]['rps']:.0f} req/s, ratio "
+                        f"{runs['gateway'][-1]['rps'] / runs['bare'][-1]['rps']:.2f}, "
+                        f"without auto-pipeline {runs['no-autopipeline'][-1]['rps']:.0f} req/s",
+                        flush=True)
             finally:
                 for _, proc in servers.values():
                     proc.send_signal(signal.SIGTERM)
@@ -217,25 +217,39 @@ async def main() -> int:
                     proc.wait(timeout=30)
 
     results = {name: _median_run(name_runs) for name, name_runs in runs.items()}
-    bare, gw = results["bare"], results["gateway"]
-    # Each round's two runs are close in time: their ratio cancels drift best.
-    round_ratios = sorted(g["rps"] / b["rps"] for b, g in zip(runs["bare"], runs["gateway"]))
-    ratio = round_ratios[len(round_ratios) // 2]
-    print(f"median of {args.rounds} alternating rounds of {args.duration} s:")
-    print(f"bare aiohttp handler :  {bare['rps']:9.0f} req/s   p99 {bare['p99_ms']:6.2f} ms")
-    print(f"gateway get-upload-url: {gw['rps']:9.0f} req/s   p99 {gw['p99_ms']:6.2f} ms"
-          f"   non-2xx {gw['non2xx']}")
-    print(f"ratio of the medians  : {gw['rps'] / bare['rps']:.2f}")
-    print(f"ratio, median round   : {ratio:.2f} (target >= 0.35; rounds "
-          f"{', '.join(f'{r:.2f}' for r in round_ratios)})")
-    if "before" in results:
-        before = results["before"]
-        after_ratios = sorted(g["rps"] / b["rps"] for b, g in zip(runs["before"], runs["gateway"]))
-        print(f"before (--compare-root): {before['rps']:8.0f} req/s   p99 {before['p99_ms']:6.2f} ms"
-              f"   non-2xx {before['non2xx']}")
-        print(f"this tree / before    : {after_ratios[len(after_ratios) // 2]:.2f} (median round; "
-              f"rounds {', '.join(f'{r:.2f}' for r in after_ratios)})")
-    if gw["non2xx"]:
+    bare, gw, nop = results["bare"], results["gateway"], results["no-autopipeline"]
+
+    def round_ratios(name: str) -> list[float]:
+        # Each round's runs are close in time: their ratio cancels drift best.
+        return sorted(g["rps"] / b["rps"] for b, g in zip(runs["bare"], runs[name]))
+
+    ratio = statistics.median(round_ratios("gateway"))
+    nop_ratio = statistics.median(round_ratios("no-autopipeline"))
+    spread = {name: f"{min(r['rps'] for r in rs):.0f}-{max(r['rps'] for r in rs):.0f}"
+              for name, rs in runs.items()}
+    if args.json:
+        for figure, res, value, target, name in (
+            ("gateway: get-upload-url", gw, ratio, 0.5, "gateway"),
+            ("gateway: REDIS_AUTOPIPELINE=false", nop, nop_ratio, None, "no-autopipeline"),
+        ):
+            print("ROW " + json.dumps({
+                "figure": figure, "value": res["rps"], "unit": "req/s",
+                "baseline_name": "bare aiohttp handler", "baseline": bare["rps"],
+                "ratio": value, "target": f">= {target}" if target else "(for reading)",
+                "passed": value >= target if target else None,
+                "spread": f"{spread[name]} vs {spread['bare']}",
+                "note": f"p99 {res['p99_ms']:.1f} ms vs {bare['p99_ms']:.1f} ms",
+            }))
+    say(f"median of {args.rounds} alternating rounds of {args.duration} s:")
+    say(f"bare aiohttp handler :  {bare['rps']:9.0f} req/s   p99 {bare['p99_ms']:6.2f} ms")
+    say(f"gateway get-upload-url: {gw['rps']:9.0f} req/s   p99 {gw['p99_ms']:6.2f} ms"
+        f"   non-2xx {gw['non2xx']}")
+    say(f"  REDIS_AUTOPIPELINE=false: {nop['rps']:9.0f} req/s   p99 {nop['p99_ms']:6.2f} ms"
+        f"   ratio {nop_ratio:.2f}")
+    say(f"ratio of the medians  : {gw['rps'] / bare['rps']:.2f}")
+    say(f"ratio, median round   : {ratio:.2f} (target >= 0.5; rounds "
+        f"{', '.join(f'{r:.2f}' for r in round_ratios('gateway'))})")
+    if gw["non2xx"] or nop["non2xx"]:
         # 429s are cheaper than grants: the numbers above would flatter the gateway.
         print(f"INVALID: {gw['non2xx']} gateway answers were not 2xx; use more --conversations",
               file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import statistics
 import sys
@@ -64,7 +65,9 @@ async def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=300)
     parser.add_argument("--bound", type=int, default=3)
     parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="print ROW lines for bench/run")
     args = parser.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     latency_s = args.latency_ms / 1000
     conversations = [
         (f"conv-{i:03d}", "we talked about bikes" if i % 4 == 0 else "we talked about trains")
@@ -88,11 +91,19 @@ async def main() -> None:
                 times.append(elapsed)
             ideal = math.ceil(batches / args.bound) * latency_s
             median = statistics.median(times)
-            print(f"batches={batches} bound={args.bound} latency={latency_s:.3f}s runs={args.runs}")
-            print(f"wall times: {', '.join(f'{t:.3f}' for t in times)} s")
-            print(f"max in flight seen by the emulator: {emulator.max_in_flight}")
-            print(f"ideal {ideal:.3f}s  median {median:.3f}s  ratio {median / ideal:.3f} "
-                  f"(target <= 1.15)")
+            say(f"batches={batches} bound={args.bound} latency={latency_s:.3f}s runs={args.runs}")
+            say(f"wall times: {', '.join(f'{t:.3f}' for t in times)} s")
+            say(f"max in flight seen by the emulator: {emulator.max_in_flight}")
+            say(f"ideal {ideal:.3f}s  median {median:.3f}s  ratio {median / ideal:.3f} "
+                f"(target <= 1.15)")
+            if args.json:
+                print("ROW " + json.dumps({
+                    "figure": "llm: auto-select wall time", "value": median, "unit": "s",
+                    "baseline_name": "ideal (batches / bound x latency)", "baseline": ideal,
+                    "ratio": median / ideal, "target": "<= 1.15", "passed": median / ideal <= 1.15,
+                    "spread": f"{min(times):.3f}-{max(times):.3f}",
+                    "note": f"max in flight {emulator.max_in_flight} (bound {args.bound})",
+                }))
 
 
 if __name__ == "__main__":

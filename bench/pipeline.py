@@ -14,7 +14,11 @@ in this process and measures:
    the median time from confirm to transcript stored, over ``--runs`` runs,
    and its ratio to the audio length (real-time factor).
 
-    .venv/bin/python bench/pipeline.py [--conversations 20] [--chunks 25] [--runs 5]
+During (1) the CPU seconds of this process (the consumer and the driver), of
+redis-server and of the S3 server are printed: the largest names the
+bottleneck. ``--json`` prints the rows for ``bench/run``.
+
+    .venv/bin/python bench/pipeline.py [--conversations 20] [--chunks 25] [--runs 5] [--json]
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +117,14 @@ def runtime_for(service, settings, redis, s3) -> ConsumerRuntime:
     return ConsumerRuntime(redis, streams_config(settings), CollectorRegistry(), [spec])
 
 
-async def throughput(settings: Settings, conversations: int, chunks: int) -> float:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(settings: Settings, conversations: int, chunks: int,
+                     pids: dict[str, int], cpu: dict[str, float]) -> float:
     async with open_redis(settings) as redis, open_s3(settings) as s3:
         store = ConversationStore(redis)
         publisher = publisher_for(redis, settings)
@@ -127,6 +141,7 @@ async def throughput(settings: Settings, conversations: int, chunks: int) -> flo
         await runtime.start()
         try:
             started = time.perf_counter()
+            cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
             for cid, uploads in plan:
                 await asyncio.gather(*(confirm(store, publisher, u, i)
                                        for i, u in enumerate(uploads)))
@@ -140,12 +155,14 @@ async def throughput(settings: Settings, conversations: int, chunks: int) -> flo
                         pending.discard(cid)
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - started
+            cpu.update({name: _cpu_s(pid) - cpu0[name] for name, pid in pids.items()})
         finally:
             await runtime.stop(1.0)
     return conversations * chunks / elapsed
 
 
-async def latency(settings: Settings, runs: int) -> tuple[float, list[float]]:
+async def latency(settings: Settings, runs: int,
+                  say: Callable[..., None] = print) -> tuple[float, list[float]]:
     body = thirty_second_chunk()
     samples = []
     async with open_redis(settings) as redis, open_s3(settings) as s3:
@@ -168,7 +185,7 @@ async def latency(settings: Settings, runs: int) -> tuple[float, list[float]]:
                     if run:
                         samples.append(time.perf_counter() - started)
                 chunk = await store.get_chunk(cid, upload.chunk_id)
-                print(f"  last transcript ({chunk['status']}): {str(chunk['transcript'])[:100]}...")
+                say(f"  last transcript ({chunk['status']}): {str(chunk['transcript'])[:100]}...")
             finally:
                 await runtime.stop(1.0)
     return statistics.median(samples), samples
@@ -180,7 +197,9 @@ async def main() -> None:
     parser.add_argument("--chunks", type=int, default=25)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--json", action="store_true", help="print ROW lines for bench/run")
     args = parser.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     with tempfile.TemporaryDirectory() as tmp:
         redis_server = RedisServer(Path(tmp) / "redis")
         s3_server = SeaweedServer(Path(tmp) / "s3")
@@ -197,15 +216,36 @@ async def main() -> None:
             })
             async with open_s3(settings) as s3:
                 await ensure_bucket(s3, settings.s3_bucket)
-            rate = await throughput(settings, args.conversations, args.chunks)
-            print(f"no-op transcriber: {args.conversations * args.chunks} chunks in "
-                  f"{args.conversations} conversations, {rate:.0f} chunks/s "
-                  "(confirm -> transcribed -> finalized)")
+            pids = {"this process (consumer + driver)": os.getpid(),
+                    "redis-server": redis_server.pid, "S3 server (weed)": s3_server.pid}
+            cpu: dict[str, float] = {}
+            rate = await throughput(settings, args.conversations, args.chunks, pids, cpu)
+            wall_s = args.conversations * args.chunks / rate
+            busiest = max(cpu, key=lambda name: cpu[name])
+            where = ", ".join(f"{name} {s:.2f} s ({s / wall_s:.0%} of a core)"
+                              for name, s in cpu.items())
+            say(f"no-op transcriber: {args.conversations * args.chunks} chunks in "
+                f"{args.conversations} conversations, {rate:.0f} chunks/s "
+                "(confirm -> transcribed -> finalized)")
+            say(f"  CPU over {wall_s:.2f} s: {where}; bottleneck: {busiest}")
             local = settings.replace(transcription_concurrency=1)
-            median_s, samples = await latency(local, args.runs)
-            print(f"local transcriber, 30 s chunk: median {median_s:.2f} s from confirm to "
-                  f"transcript stored (real-time factor {median_s / 30:.3f}); runs: "
-                  + ", ".join(f"{s:.2f}" for s in samples))
+            median_s, samples = await latency(local, args.runs, say)
+            say(f"local transcriber, 30 s chunk: median {median_s:.2f} s from confirm to "
+                f"transcript stored (real-time factor {median_s / 30:.3f}); runs: "
+                + ", ".join(f"{s:.2f}" for s in samples))
+            if args.json:
+                for row in (
+                    {"figure": "pipeline: chunks/s, no-op transcriber", "value": rate,
+                     "unit": "chunks/s", "baseline_name": "-", "baseline": None, "ratio": None,
+                     "target": "(for reading)", "passed": None, "spread": "one run",
+                     "note": f"bottleneck {busiest} ({cpu[busiest] / wall_s:.0%} of a core)"},
+                    {"figure": "pipeline: local transcriber, 30 s chunk", "value": median_s,
+                     "unit": "s", "baseline_name": "audio length", "baseline": 30.0,
+                     "ratio": median_s / 30, "target": "(for reading)", "passed": None,
+                     "spread": f"{min(samples):.2f}-{max(samples):.2f}",
+                     "note": "real-time factor"},
+                ):
+                    print("ROW " + json.dumps(row))
         finally:
             s3_server.stop()
             redis_server.stop()

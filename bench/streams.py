@@ -1,24 +1,49 @@
-"""Throughput and latency of the streams runtime against a raw redis-py loop, same run.
+"""The streams runtime against raw redis-py loops (and FastStream), same run, default settings.
 
-    .venv/bin/python bench/streams.py [--events 30000]
+    .venv/bin/python bench/streams.py [--events 20000] [--rounds 5] [--json]
 
-Starts a private redis-server. Throughput: N no-op events through
-publish -> consume -> ack, once with a raw loop (pipelined XADD, XREADGROUP
-COUNT 100, one multi-id XACK) and once with Publisher + ConsumerRuntime (one
-process, one group); prints both and the ratio (target >= 0.7). Latency:
-publish -> handler start at a steady 1,000 events/s, p50 and p99.
-Each throughput figure is the best of ``--rounds`` alternating runs.
+Starts a private redis-server and measures, each figure the median of
+``--rounds`` alternating rounds (the spread, min-max, is printed beside it):
+
+* **consume**: a stream pre-filled with ``--events`` no-op events (200-byte
+  JSON payloads, in our envelope), one process, one group, drained by
+  (a) a raw loop: ``XREADGROUP COUNT 100``, one multi-id ``XACK`` per batch;
+  (b) :class:`~streams.runtime.ConsumerRuntime` with **default** settings and
+  a no-op handler, timed from ``start()`` until nothing is pending (acks are
+  part of the work); (c) FastStream's Redis Streams subscriber in a consumer
+  group, with its defaults (``pip install -e '.[bench]'``; skipped without).
+  Worker CPU per event (this process's CPU time / events) beside each.
+* **publish, awaited**: one task awaiting each publish in turn: a bare
+  ``await redis.xadd(...)`` of ready-made fields against
+  ``await Publisher.publish(...)`` (which also builds the envelope).
+* **publish, 100 concurrent**: 100 tasks publishing at once, as HTTP requests
+  do, through the publisher on the auto-pipelined connection the gateway gives
+  it, against a raw loop of pipelined XADDs (100 per round trip).
+
+* **scale-out**: consume with 1 and with 2 worker processes (each a
+  ``ConsumerRuntime`` with default settings) on one stream and group: the
+  stream is filled first, the workers start and wait, then the group is set
+  back to the start and one more entry wakes them; timed until nothing is
+  pending or undelivered.
+
+Targets: consume >= 0.5 of raw; awaited publish cost <= 1.1 x a bare XADD;
+concurrent publish >= 0.7 of raw pipelined. ``--json`` prints the rows for
+``bench/run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,40 +52,75 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from devstack.servers import RedisServer
 from gateway.wiring import publisher_for, streams_config
+from storage.redis_autopipeline import open_autopipeline
 from storage.redis_client import RedisClient, open_redis
-from streams.delivery import READ_BATCH
 from streams.envelope import Envelope
 from streams.names import StreamNames
+from streams.publisher import Publisher
 from streams.runtime import ConsumerRuntime
 from streams.spec import EventContext, GroupSpec
 
-TARGET_RATIO = 0.7
-BATCH = 1000
+#: A 200-byte JSON payload: ``{"pad":"xxx..."}``.
+PAYLOAD = {"pad": "x" * 190}
+PREFILL_BATCH = 1000
+PUBLISHERS = 100
 
 
-async def raw_loop(r: RedisClient, n: int) -> float:
-    stream, group = "bench:{raw}", "g"
-    await r.delete(stream)
-    await r.xgroup_create(stream, group, id="0", mkstream=True)
-    started = time.perf_counter()
-    for start in range(0, n, BATCH):
+@dataclass
+class Run:
+    rate: float  # events/s
+    cpu_us: float  # this process's CPU time per event
+
+
+async def _timed(n: int, body: Callable[[], Awaitable[None]]) -> Run:
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    await body()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Run(n / wall, cpu / n * 1e6)
+
+
+async def prefill(r: RedisClient, key: str, n: int) -> None:
+    await r.delete(key)
+    for start in range(0, n, PREFILL_BATCH):
         async with r.pipeline(transaction=False) as pipe:
-            for _ in range(min(BATCH, n - start)):
-                pipe.xadd(stream, Envelope("noop", {}).fields())
+            for _ in range(min(PREFILL_BATCH, n - start)):
+                pipe.xadd(key, Envelope("noop", PAYLOAD).fields())  # type: ignore[arg-type]
             await pipe.execute()
-    done = 0
-    while done < n:
-        reply = await r.xreadgroup(group, "c", {stream: ">"}, count=100, block=2000)
-        ids = [eid for _, messages in reply for eid, _ in messages]
-        if ids:
-            await r.xack(stream, group, *ids)
-            done += len(ids)
-    return n / (time.perf_counter() - started)
 
 
-async def runtime_loop(r: RedisClient, settings: Settings, n: int) -> float:
+# --- consume
+
+
+async def consume_raw(r: RedisClient, names: StreamNames, n: int) -> Run:
+    key, group = names.stream("bench-raw"), "g"
+    await prefill(r, key, n)
+    await r.xgroup_create(key, group, id="0")
+
+    async def body() -> None:
+        done = 0
+        while done < n:
+            reply = await r.xreadgroup(group, "c", {key: ">"}, count=100, block=2000)
+            ids = [eid for _, messages in reply for eid, _ in messages]
+            if ids:
+                await r.xack(key, group, *ids)
+                done += len(ids)
+
+    run = await _timed(n, body)
+    await r.delete(key)
+    return run
+
+
+async def _until_settled(r: RedisClient, key: str, group: str, done: asyncio.Event) -> None:
+    await asyncio.wait_for(done.wait(), 120)
+    # Acks are part of the work: until the group has nothing pending.
+    while (await r.xpending(key, group))["pending"]:
+        await asyncio.sleep(0.002)
+
+
+async def consume_runtime(r: RedisClient, settings: Settings, n: int) -> Run:
     names = StreamNames(settings.redis_key_prefix)
-    await r.delete(names.stream("bench"))
+    key = names.stream("bench-rt")
+    await prefill(r, key, n)
     handled = 0
     all_done = asyncio.Event()
 
@@ -70,93 +130,297 @@ async def runtime_loop(r: RedisClient, settings: Settings, n: int) -> float:
         if handled == n:
             all_done.set()
 
-    publisher = publisher_for(r, settings)
-    spec = GroupSpec("bench", "g", handle, concurrency=READ_BATCH // 2)
-    runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(), [spec],
-                              consumer_name="bench")
-    await runtime.start()
-    started = time.perf_counter()
-    for start in range(0, n, BATCH):
-        await publisher.publish_many(
-            "bench", [Envelope("noop", {}) for _ in range(min(BATCH, n - start))]
-        )
-    await all_done.wait()
-    # Acks are part of the work: wait until the group has nothing pending.
-    while (await r.xpending(names.stream("bench"), "g"))["pending"]:
-        await asyncio.sleep(0.001)
-    rate = n / (time.perf_counter() - started)
+    runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(),
+                              [GroupSpec("bench-rt", "g", handle)], consumer_name="bench")
+
+    async def body() -> None:
+        await runtime.start()
+        await _until_settled(r, key, "g", all_done)
+
+    run = await _timed(n, body)
     await runtime.stop(5)
-    return rate
+    await r.delete(key)
+    return run
 
 
-async def latency(r: RedisClient, settings: Settings, rate: int, seconds: float) -> list[float]:
-    names = StreamNames(settings.redis_key_prefix)
-    await r.delete(names.stream("lat"))
-    samples: list[float] = []
+async def consume_faststream(r: RedisClient, settings: Settings, n: int) -> Run | None:
+    try:
+        from faststream.redis import RedisBroker, StreamSub
+    except ImportError:
+        return None
+    key = StreamNames(settings.redis_key_prefix).stream("bench-fs")
+    await prefill(r, key, n)
+    # FastStream creates its group at "$" (new entries only): this one starts at the beginning.
+    await r.xgroup_create(key, "g", id="0")
+    handled = 0
+    all_done = asyncio.Event()
+    broker = RedisBroker(settings.redis_url, logger=None)
+
+    @broker.subscriber(stream=StreamSub(key, group="g", consumer="c"))  # type: ignore[misc]
+    async def handle(body: Any) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == n:
+            all_done.set()
+
+    async def body() -> None:
+        await broker.start()
+        await _until_settled(r, key, "g", all_done)
+
+    run = await _timed(n, body)
+    await broker.stop()
+    await r.delete(key)
+    return run
+
+
+# --- scale-out
+
+
+async def _serve_worker(url: str) -> int:
+    """A worker process of the scale-out figure: default settings, no-op handler, until
+    its standard input closes."""
+    settings = Settings.from_env({"REDIS_URL": url})
 
     async def handle(ctx: EventContext) -> None:
-        samples.append(time.time() - ctx.payload["t"])
+        return None
 
-    publisher = publisher_for(r, settings)
-    runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(),
-                              [GroupSpec("lat", "g", handle)], consumer_name="lat")
-    await runtime.start()
-    await asyncio.sleep(0.5)
-    tick_s = 0.01
-    per_tick = max(1, int(rate * tick_s))
-    ticks = int(seconds / tick_s)
-    t0 = time.monotonic()
-    for i in range(ticks):
-        for _ in range(per_tick):
-            await publisher.publish("lat", "ping", {"t": time.time()})
-        delay = t0 + (i + 1) * tick_s - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    expected = ticks * per_tick
-    deadline = time.monotonic() + 10
-    while len(samples) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    await runtime.stop(5)
-    return samples
+    async with open_redis(settings) as r:
+        runtime = ConsumerRuntime(r, streams_config(settings), CollectorRegistry(),
+                                  [GroupSpec("bench-procs", "g", handle)])
+        await runtime.start()
+        await asyncio.to_thread(sys.stdin.read)
+        await runtime.stop(5)
+    return 0
 
 
-async def main(events: int, rounds: int) -> int:
+async def consume_processes(r: RedisClient, settings: Settings, n: int, procs: int) -> Run:
+    key = StreamNames(settings.redis_key_prefix).stream("bench-procs")
+    await prefill(r, key, n)
+    await r.xgroup_create(key, "g", id="$")
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--worker", settings.redis_url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL)
+        for _ in range(procs)
+    ]
+    try:
+        while len(await r.xinfo_consumers(key, "g")) < procs:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # all blocked in their idle read
+
+        async def body() -> None:
+            await r.xgroup_setid(key, "g", id="0", entries_read=0)
+            await r.xadd(key, Envelope("noop", PAYLOAD).fields())  # type: ignore[arg-type]
+            while True:
+                [group] = await r.xinfo_groups(key)
+                if group["pending"] == 0 and group["lag"] == 0:
+                    return
+                await asyncio.sleep(0.005)
+
+        t0 = time.perf_counter()
+        await asyncio.wait_for(body(), 300)
+        return Run((n + 1) / (time.perf_counter() - t0), 0.0)
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+        for child in children:
+            await child.wait()
+        await r.delete(key)
+
+
+# --- publish
+
+
+async def publish_bare_awaited(r: RedisClient, names: StreamNames, n: int) -> Run:
+    key = names.stream("bench-pub")
+    await r.delete(key)
+    fields = Envelope("noop", PAYLOAD).fields()
+
+    async def body() -> None:
+        for _ in range(n):
+            await r.xadd(key, fields)  # type: ignore[arg-type]
+
+    run = await _timed(n, body)
+    await r.delete(key)
+    return run
+
+
+async def publish_awaited(r: RedisClient, publisher: Publisher, names: StreamNames,
+                          n: int) -> Run:
+    await r.delete(names.stream("bench-pub"))
+
+    async def body() -> None:
+        for _ in range(n):
+            await publisher.publish("bench-pub", "noop", PAYLOAD)
+
+    run = await _timed(n, body)
+    await r.delete(names.stream("bench-pub"))
+    return run
+
+
+async def publish_raw_pipelined(r: RedisClient, names: StreamNames, n: int) -> Run:
+    key = names.stream("bench-pub")
+    await r.delete(key)
+
+    async def body() -> None:
+        for start in range(0, n, PUBLISHERS):
+            async with r.pipeline(transaction=False) as pipe:
+                for _ in range(min(PUBLISHERS, n - start)):
+                    pipe.xadd(key, Envelope("noop", PAYLOAD).fields())  # type: ignore[arg-type]
+                await pipe.execute()
+
+    run = await _timed(n, body)
+    await r.delete(key)
+    return run
+
+
+async def publish_concurrent(r: RedisClient, publisher: Publisher, names: StreamNames,
+                             n: int) -> Run:
+    await r.delete(names.stream("bench-pub"))
+
+    async def one_publisher(count: int) -> None:
+        for _ in range(count):
+            await publisher.publish("bench-pub", "noop", PAYLOAD)
+
+    async def body() -> None:
+        await asyncio.gather(*(one_publisher(n // PUBLISHERS) for _ in range(PUBLISHERS)))
+
+    run = await _timed(n // PUBLISHERS * PUBLISHERS, body)
+    await r.delete(names.stream("bench-pub"))
+    return run
+
+
+# --- report
+
+
+@dataclass
+class Row:
+    figure: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    ratio: float
+    target: str
+    passed: bool | None
+    spread: str
+    note: str = ""
+
+
+def _median(runs: list[Run]) -> Run:
+    return Run(statistics.median(r.rate for r in runs), statistics.median(r.cpu_us for r in runs))
+
+
+def _spread(runs: list[Run]) -> str:
+    rates = [r.rate for r in runs]
+    return f"{min(rates):.0f}-{max(rates):.0f}"
+
+
+def _ratio_row(figure: str, ours: list[Run], base_name: str, base: list[Run],
+               target: float) -> Row:
+    # Rounds alternate, so each round's two runs are close in time: the median of the
+    # per-round ratios cancels drift in the machine's speed best.
+    ratio = statistics.median(o.rate / b.rate for o, b in zip(ours, base))
+    o = _median(ours)
+    return Row(figure, o.rate, "events/s", base_name, _median(base).rate, ratio,
+               f">= {target}", ratio >= target, f"{_spread(ours)} vs {_spread(base)}",
+               f"{o.cpu_us:.1f} vs {_median(base).cpu_us:.1f} us CPU/event")
+
+
+async def main(events: int, rounds: int, as_json: bool) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp))
         await server.start()
         try:
             settings = Settings.from_env({"REDIS_URL": server.url})
-            async with open_redis(settings) as r:
-                await raw_loop(r, 2000)  # warm up
-                # Alternate the two and keep each one's best run: the machine may be shared.
-                raws, ourss = [], []
-                for _ in range(rounds):
-                    raws.append(await raw_loop(r, events))
-                    ourss.append(await runtime_loop(r, settings, events))
-                raw, ours = max(raws), max(ourss)
-                ratio = ours / raw
-                print(f"raw redis-py loop : {raw:10.0f} events/s")
-                print(f"streams runtime   : {ours:10.0f} events/s")
-                print(f"ratio             : {ratio:10.2f}  (target >= {TARGET_RATIO})"
-                      + ("" if ratio >= TARGET_RATIO else "  TARGET MISSED"))
-                samples = sorted(await latency(r, settings, 1000, 5.0))
-                if samples:
-                    p50 = statistics.median(samples) * 1000
-                    p99 = samples[int(len(samples) * 0.99) - 1] * 1000
-                    print(f"latency @1000/s   : p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-                          f"({len(samples)} events)")
+            names = StreamNames(settings.redis_key_prefix)
+            runs: dict[str, list[Run]] = {k: [] for k in (
+                "raw", "runtime", "faststream", "bare", "awaited", "pooled", "pipelined",
+                "concurrent", "procs1", "procs2")}
+            async with open_redis(settings) as r, open_autopipeline(settings, r) as ap:
+                pooled = publisher_for(r, settings)
+                piped = publisher_for(r, settings, autopipeline=ap)
+                await consume_raw(r, names, 2000)  # warm up
+                pub_n = max(2000, events // 4)
+                for round_no in range(rounds):
+                    raw = await consume_raw(r, names, events)
+                    ours = await consume_runtime(r, settings, events)
+                    peer = await consume_faststream(r, settings, events)
+                    runs["raw"].append(raw)
+                    runs["runtime"].append(ours)
+                    if peer is not None:
+                        runs["faststream"].append(peer)
+                    runs["bare"].append(await publish_bare_awaited(r, names, pub_n))
+                    runs["awaited"].append(await publish_awaited(r, piped, names, pub_n))
+                    runs["pooled"].append(await publish_awaited(r, pooled, names, pub_n))
+                    runs["pipelined"].append(await publish_raw_pipelined(r, names, events))
+                    runs["concurrent"].append(await publish_concurrent(r, piped, names, events))
+                    if not as_json:
+                        print(f"round {round_no + 1}/{rounds}: consume raw {raw.rate:.0f}, runtime "
+                              f"{ours.rate:.0f}"
+                              + (f", faststream {peer.rate:.0f}" if peer else "")
+                              + f"; publish bare {runs['bare'][-1].rate:.0f}, awaited "
+                              f"{runs['awaited'][-1].rate:.0f}, pipelined "
+                              f"{runs['pipelined'][-1].rate:.0f}, 100 concurrent "
+                              f"{runs['concurrent'][-1].rate:.0f} events/s", flush=True)
+                for round_no in range(max(1, rounds // 2)):
+                    runs["procs1"].append(await consume_processes(r, settings, events, 1))
+                    runs["procs2"].append(await consume_processes(r, settings, events, 2))
+                    if not as_json:
+                        print(f"scale-out round {round_no + 1}: 1 process "
+                              f"{runs['procs1'][-1].rate:.0f}, 2 processes "
+                              f"{runs['procs2'][-1].rate:.0f} events/s", flush=True)
         finally:
             await asyncio.to_thread(server.stop)
+    rows = [_ratio_row("streams: consume, default settings", runs["runtime"],
+                       "raw XREADGROUP+XACK loop", runs["raw"], 0.5)]
+    if runs["faststream"]:
+        row = _ratio_row("streams: consume, FastStream (peer)", runs["faststream"],
+                         "raw XREADGROUP+XACK loop", runs["raw"], 0.0)
+        row.target, row.passed = "(peer)", None
+        rows.append(row)
+    # Cost of an awaited publish relative to a bare XADD: bare rate / publish rate.
+    cost = statistics.median(b.rate / a.rate for a, b in zip(runs["awaited"], runs["bare"]))
+    rows.append(Row("streams: publish, awaited (cost)", _median(runs["awaited"]).rate,
+                    "events/s", "bare awaited XADD", _median(runs["bare"]).rate, cost,
+                    "<= 1.1", cost <= 1.1,
+                    f"{_spread(runs['awaited'])} vs {_spread(runs['bare'])}"))
+    pooled_cost = statistics.median(
+        b.rate / a.rate for a, b in zip(runs["pooled"], runs["bare"]))
+    rows.append(Row("streams: publish, awaited, pooled client", _median(runs["pooled"]).rate,
+                    "events/s", "bare awaited XADD", _median(runs["bare"]).rate, pooled_cost,
+                    "<= 1.1", pooled_cost <= 1.1,
+                    f"{_spread(runs['pooled'])} vs {_spread(runs['bare'])}",
+                    "REDIS_AUTOPIPELINE=false or Cluster"))
+    rows.append(_ratio_row("streams: publish, 100 concurrent", runs["concurrent"],
+                           "raw pipelined XADD loop", runs["pipelined"], 0.7))
+    scale = _ratio_row("streams: consume, 2 worker processes", runs["procs2"],
+                       "1 worker process", runs["procs1"], 0.0)
+    scale.target, scale.passed, scale.note = "(for reading)", None, "2 cores, Redis among them"
+    rows.append(scale)
+    if as_json:
+        for row in rows:
+            print("ROW " + json.dumps(row.__dict__))
+    else:
+        for row in rows:
+            print(f"{row.figure:40s} {row.value:9.0f} {row.unit}  {row.baseline_name} "
+                  f"{row.baseline:9.0f}  ratio {row.ratio:.2f} (target {row.target}"
+                  f"{'' if row.passed is None else ', ' + ('pass' if row.passed else 'MISS')})"
+                  f"  spread {row.spread}  {row.note}")
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print ROW lines for bench/run")
+    parser.add_argument("--worker", metavar="REDIS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    job = _serve_worker(args.worker) if args.worker else main(args.events, args.rounds, args.json)
     try:
         import uvloop
     except ImportError:
-        sys.exit(asyncio.run(main(args.events, args.rounds)))
-    sys.exit(uvloop.run(main(args.events, args.rounds)))
+        sys.exit(asyncio.run(job))
+    sys.exit(uvloop.run(job))

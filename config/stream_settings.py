@@ -35,6 +35,10 @@ class StreamSettings(SettingsSection):
         "STREAM_CONCURRENCY", int_at_least(1), 8,
         "handler loops per consumer group and process (entries in flight)",
     )
+    stream_prefetch: int = setting(
+        "STREAM_PREFETCH", int_at_least(1), 100,
+        "entries read ahead per group and process beyond the running ones (leased, renewed)",
+    )
     stream_max_len: int = setting(
         "STREAM_MAX_LEN", int_at_least(1000), 1_000_000,
         "safety cap on a stream's length (retention normally trims far below it)",

@@ -143,6 +143,12 @@ class _ChildServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (benchmarks read its CPU time)."""
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def stop(self, timeout_s: float = 15.0) -> None:
         if self._proc is not None:
             _stop(self._proc, timeout_s)

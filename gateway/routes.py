@@ -15,6 +15,7 @@ from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES, METRICS_REGISTRY, PUBLISHER, REDIS, S3, SETTINGS
 from gateway.idle_finish import idle_finish_ctx
 from gateway.lifecycle import llm_ctx
+from gateway.wiring import publisher_for
 from storage.redis_autopipeline import open_autopipeline
 from storage.s3_client import open_s3
 
@@ -32,8 +33,11 @@ async def api_services_ctx(app: web.Application) -> AsyncIterator[None]:
         autopipeline = await stack.enter_async_context(
             open_autopipeline(settings, app[REDIS], registry=app[METRICS_REGISTRY])
         )
+        # The API's publishes share the auto-pipelined connection's writes with its scripts.
+        publisher = (app[PUBLISHER] if autopipeline is None
+                     else publisher_for(app[REDIS], settings, autopipeline=autopipeline))
         app[API_SERVICES] = ApiServices.build(
-            settings, app[REDIS], app[S3], s3_presign, app[METRICS_REGISTRY], app[PUBLISHER],
+            settings, app[REDIS], app[S3], s3_presign, app[METRICS_REGISTRY], publisher,
             autopipeline,
         )
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from config import Settings
+from storage.redis_autopipeline import AutoPipeline
 from storage.redis_client import RedisClient
 from streams.config import StreamsConfig
 from streams.publisher import Publisher
@@ -16,6 +17,7 @@ def streams_config(settings: Settings) -> StreamsConfig:
         lease_s=settings.stream_lease_s,
         max_deliveries=settings.stream_max_deliveries,
         concurrency=settings.stream_concurrency,
+        prefetch=settings.stream_prefetch,
         max_len=settings.stream_max_len,
         retention_max_age_s=settings.stream_retention_max_age_s,
         dead_consumer_idle_s=settings.stream_dead_consumer_idle_s,
@@ -24,6 +26,10 @@ def streams_config(settings: Settings) -> StreamsConfig:
     )
 
 
-def publisher_for(redis: RedisClient, settings: Settings) -> Publisher:
-    """A publisher on ``redis`` with the streams settings (scripts, tests, benchmarks)."""
-    return Publisher.from_config(redis, streams_config(settings))
+def publisher_for(
+    redis: RedisClient, settings: Settings, *, autopipeline: AutoPipeline | None = None
+) -> Publisher:
+    """A publisher on ``redis`` with the streams settings; its single publishes go over
+    ``autopipeline`` when given (concurrent requests' XADDs share one write)."""
+    execute = autopipeline.execute if autopipeline is not None else None
+    return Publisher.from_config(redis, streams_config(settings), execute=execute)

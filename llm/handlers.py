@@ -151,6 +151,8 @@ def llm_group(handlers: LlmHandlers, settings: Settings) -> GroupSpec:
         handler=handlers.handle,
         event_types=events.parsers(events.CONVERSATION_SUMMARIZE, events.AUTO_SELECT_REQUESTED),
         concurrency=max(2, settings.llm_max_concurrent_calls),
+        # Slow handlers: read ahead no more than one each, so other processes get work.
+        prefetch=max(2, settings.llm_max_concurrent_calls),
         max_deliveries=5,
         retry_base_s=2.0,
         retry_max_s=120.0,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Who asks for room, lowest priority first.
 INTAKE, RECLAIM, RETRY = 0, 1, 2
@@ -66,6 +66,10 @@ class Capacity:
         self._reserved = 0
         self._owed = [0, 0, 0]  # by priority
         self._space = asyncio.Event()
+        #: The room the intake waits for: the event is set only once there is that much, so
+        #: entries let go one by one do not wake the reader for each.
+        self._want = 1
+        self._intake_waiting = False
 
     def held_count(self) -> int:
         """Entries in hand: queued for a worker or running."""
@@ -90,9 +94,10 @@ class Capacity:
 
     def owe(self, priority: int, n: int) -> None:
         """``n`` entries at ``priority`` found no room: withhold that much from lower ones."""
-        if n < self._owed[priority]:
-            self._space.set()
+        less = n < self._owed[priority]
         self._owed[priority] = max(0, n)
+        if less:
+            self._signal()
 
     @contextlib.contextmanager
     def reserve(self, n: int | None = None, *, priority: int = INTAKE) -> Iterator[Reservation]:
@@ -107,23 +112,43 @@ class Capacity:
         finally:
             reservation.close()
 
-    async def wait_for_space(self, priority: int = INTAKE) -> None:
-        """Return once a reservation at ``priority`` would get room."""
-        while self.available(priority) <= 0:
+    async def wait_for_space(
+        self, *, at_least: int = 1, starving: Callable[[], bool] | None = None
+    ) -> None:
+        """Return once a reservation of the intake would get ``at_least`` entries' room, or
+        any room while ``starving()`` (nothing left to do meanwhile: see :meth:`nudge`)."""
+        while True:
+            room = self.available(INTAKE)
+            if room >= at_least or (room > 0 and starving is not None and starving()):
+                return
+            self._want = at_least
             self._space.clear()
-            await self._space.wait()
+            self._intake_waiting = True
+            try:
+                await self._space.wait()
+            finally:
+                self._intake_waiting = False
+
+    def nudge(self) -> None:
+        """Wake a waiting intake if there is any room (its ``starving`` condition changed)."""
+        if self.available(INTAKE) > 0:
+            self._space.set()
+
+    def _signal(self) -> None:
+        if self._intake_waiting and self.available(INTAKE) >= self._want:
+            self._space.set()
 
     def to_waiting(self, entry_id: str) -> None:
         """``entry_id`` failed and waits for its retry: it frees its room in hand."""
         self._in_hand.discard(entry_id)
         self._waiting.add(entry_id)
-        self._space.set()
+        self._signal()
 
     def let_go(self, entry_id: str) -> None:
         """``entry_id`` is no longer held (done, dead-lettered, deferred, lost, released)."""
         self._in_hand.discard(entry_id)
         self._waiting.discard(entry_id)
-        self._space.set()
+        self._signal()
 
     def _hold(self, entry_id: str) -> None:
         self._reserved -= 1
@@ -133,4 +158,4 @@ class Capacity:
     def _unreserve(self, n: int) -> None:
         if n:
             self._reserved -= n
-            self._space.set()
+            self._signal()

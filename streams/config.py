@@ -12,6 +12,8 @@ class StreamsConfig:
     lease_s: float = 30.0
     max_deliveries: int = 5
     concurrency: int = 8
+    #: Entries read ahead of the handlers (per XREADGROUP at most), held and renewed.
+    prefetch: int = 100
     max_len: int = 1_000_000
     retention_max_age_s: float = 86400.0
     dead_consumer_idle_s: float = 3600.0

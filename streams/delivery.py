@@ -5,11 +5,17 @@ Per group and process there is a fixed set of tasks, no task per message:
 
 * a **reader**: first takes this consumer's own pending entries again, then
   reads new ones (``XREADGROUP >``) while there is room. Room is one account
-  (:mod:`streams.capacity`, ``2 x concurrency`` entries in hand) that the
-  reader, the reclaim and the retries all reserve from before they await
-  Redis. While entries flow it reads all the room can take (BLOCK 100 ms);
-  idle, it waits (BLOCK 2 s) holding room for one entry only, so the reclaim
-  is never kept waiting behind a long read;
+  (:mod:`streams.capacity`, ``concurrency + prefetch`` entries in hand, queued
+  or running) that the reader, the reclaim and the retries all reserve from
+  before they await Redis. ``prefetch`` is how far the reader reads ahead of
+  the handlers, apart from how many run at once (``concurrency``): a fast
+  handler gets large reads (one round trip per batch), a slow one a small
+  read-ahead so other processes get work. Entries queued in memory are held
+  like running ones: the renewer keeps their lease, a stop releases them.
+  While entries flow the reader waits for room for half the read-ahead (or
+  for the queue to run dry), then reads all the room can take (BLOCK
+  100 ms); idle, it waits (BLOCK 2 s) holding room for one entry only, so the
+  reclaim is never kept waiting behind a long read;
 * ``concurrency`` **workers** running the handler; the entry is acked only
   after it returned. Acks and handler starts are batched by an **acker**
   (:mod:`streams.acker`);
@@ -46,6 +52,7 @@ from streams.capacity import RETRY, Capacity, Reservation
 from streams.envelope import Envelope, EnvelopeError, decode, encode_member
 from streams.group import Entry, GroupContext, entries_from_flat
 from streams.loops import cancel, forever, raise_if_cancel_was_swallowed
+from streams.metrics import observe_many
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
 from streams.spec import Defer, EventContext
 
@@ -55,7 +62,11 @@ log = structlog.get_logger(__name__)
 BLOCK_MS = 2000
 #: XREADGROUP BLOCK while entries flow: the longest a read holds the whole room.
 ACTIVE_BLOCK_MS = 100
+#: Own pending entries taken per script call at start.
 READ_BATCH = 100
+#: A worker whose handlers do not suspend gives the loop a turn after this many entries,
+#: so the reader's next read and the acker's batch go out while it works through the queue.
+YIELD_EVERY = 32
 
 
 def _messages_by_stream(reply: Any) -> list[list[tuple[str, dict[str, str]]]]:
@@ -76,7 +87,13 @@ class Delivery:
         self._m_processed = ctx.metrics.processed.labels(*ctx.labels)
         self._m_handler_s = ctx.metrics.handler_s.labels(*ctx.labels)
         self._m_deliveries = ctx.metrics.deliveries.labels(*ctx.labels)
-        self.capacity = Capacity(2 * ctx.concurrency, max_waiting=16 * ctx.concurrency)
+        # Counted here per entry, added to the metrics once per burst (_flush_metrics).
+        self._n_processed = 0
+        self._n_first_deliveries = 0
+        self._raw_cap = attempts.raw_cap(ctx.max_deliveries)
+        self.capacity = Capacity(ctx.concurrency + ctx.prefetch,
+                                 max_waiting=16 * ctx.concurrency)
+        self._low_water = max(1, ctx.prefetch // 2)
         self.acker = Acker(ctx)
         # Entries this consumer owns: queued, running or waiting for a retry.
         self._held: dict[str, Entry] = {}
@@ -129,6 +146,7 @@ class Delivery:
             await asyncio.sleep(0.05)
         still_running = list(self._running)
         await cancel(self._workers)
+        self._flush_metrics()
         for eid in still_running:
             self._drop(eid)
         # The starts of handlers cut off count: recorded before their entries go back.
@@ -154,7 +172,7 @@ class Delivery:
     # --- intake
 
     def held_count(self) -> int:
-        """Entries in hand (queued or running); never more than ``2 x concurrency``."""
+        """Entries in hand (queued or running); never more than ``concurrency + prefetch``."""
         return self.capacity.held_count()
 
     def take(self, entries: list[Entry], room: Reservation) -> list[Entry]:
@@ -190,10 +208,13 @@ class Delivery:
         idle = True
         while True:
             raise_if_cancel_was_swallowed()
-            await self.capacity.wait_for_space()
+            # Entries flowing: wait for room for a worthwhile batch, unless the workers
+            # would otherwise run dry.
+            await self.capacity.wait_for_space(
+                at_least=1 if idle else self._low_water, starving=self._queue.empty)
             # Idle: one read per wake-up, holding room for one entry only, so the reclaim
             # may use the rest while this read blocks.
-            with self.capacity.reserve(1 if idle else READ_BATCH) as room:
+            with self.capacity.reserve(1 if idle else None) as room:
                 reply = await ctx.redis.xreadgroup(
                     ctx.spec.group, ctx.consumer, {ctx.keys.stream: ">"}, count=room.size,
                     block=BLOCK_MS if idle else ACTIVE_BLOCK_MS,
@@ -211,12 +232,24 @@ class Delivery:
     # --- handling
 
     async def _work(self) -> None:
+        queue, held, running = self._queue, self._held, self._running
+        since_yield = 0
         while True:
             raise_if_cancel_was_swallowed()
-            entry = await self._queue.get()
-            if entry.entry_id not in self._held:  # lost meanwhile
+            if queue.empty():
+                self._flush_metrics()
+                self.capacity.nudge()  # the reader may read a smaller batch now
+                since_yield = 0
+            elif since_yield >= YIELD_EVERY:
+                self._flush_metrics()
+                since_yield = 0
+                await asyncio.sleep(0)
                 continue
-            self._running.add(entry.entry_id)
+            entry = await queue.get()
+            since_yield += 1
+            if entry.entry_id not in held:  # lost meanwhile
+                continue
+            running.add(entry.entry_id)
             try:
                 await self._process(entry)
             except asyncio.CancelledError:
@@ -227,7 +260,15 @@ class Delivery:
                 log.exception("stream_bookkeeping_failed", entry_id=entry.entry_id)
                 self._drop(entry.entry_id)
             finally:
-                self._running.discard(entry.entry_id)
+                running.discard(entry.entry_id)
+
+    def _flush_metrics(self) -> None:
+        if self._n_processed:
+            self._m_processed.inc(self._n_processed)
+            self._n_processed = 0
+        if self._n_first_deliveries:
+            observe_many(self._m_deliveries, 1, self._n_first_deliveries)
+            self._n_first_deliveries = 0
 
     def _drop(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
@@ -239,7 +280,7 @@ class Delivery:
             reason, append_error = attempts.exhausted_reason(history)
             await self._dead_letter(entry, reason, append_last_error=append_error)
             return
-        if entry.deliveries > attempts.raw_cap(ctx.max_deliveries):
+        if entry.deliveries > self._raw_cap:
             await self._dead_letter(entry, attempts.uncounted_reason(entry.deliveries, history))
             return
         try:
@@ -261,7 +302,10 @@ class Delivery:
             envelope=envelope, payload=payload, deliveries=entry.deliveries, names=ctx.names,
             attempts=history.attempt, reclaimed_after_crash=history.last_crashed,
         )
-        self._m_deliveries.observe(entry.deliveries)
+        if entry.deliveries == 1:
+            self._n_first_deliveries += 1
+        else:
+            self._m_deliveries.observe(entry.deliveries)
         self.acker.started(entry)
         started = time.perf_counter()
         try:
@@ -277,7 +321,7 @@ class Delivery:
             await asyncio.shield(self._failed(entry, exc))
             return
         self._m_handler_s.observe(time.perf_counter() - started)
-        self._m_processed.inc()
+        self._n_processed += 1
         self.acker.ack(entry)
         self._drop(entry.entry_id)
 

@@ -7,7 +7,7 @@ Delivery and housekeeping of a group both work from one :class:`GroupContext`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams.attempts import History
@@ -18,6 +18,9 @@ from streams.redis_types import RedisClient
 from streams.scripts import Scripts
 from streams.spec import GroupSpec
 
+#: The history of an entry with no recorded start (immutable, so shared).
+NEVER_STARTED = History()
+
 
 @dataclass(slots=True)
 class Entry:
@@ -27,7 +30,7 @@ class Entry:
     entry_id: str
     fields: dict[str, str]
     deliveries: int
-    history: History = field(default_factory=History)
+    history: History = NEVER_STARTED
     #: A start marker of this run may be in Redis: its field goes with the ack.
     marked: bool = False
 
@@ -58,6 +61,8 @@ class GroupContext:
     #: This process's consumer name in the group.
     consumer: str
     concurrency: int
+    #: Entries held beyond the running ones, at most (read ahead, queued for the workers).
+    prefetch: int
     lease_s: float
     max_deliveries: int
 
@@ -77,6 +82,7 @@ class GroupContext:
             redis=redis, scripts=scripts, names=names, keys=names.keys(spec.stream), spec=spec,
             config=config, metrics=metrics, consumer=consumer,
             concurrency=spec.concurrency or config.concurrency,
+            prefetch=spec.prefetch if spec.prefetch is not None else config.prefetch,
             lease_s=spec.lease_s or config.lease_s,
             max_deliveries=spec.max_deliveries or config.max_deliveries,
         )

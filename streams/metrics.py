@@ -60,3 +60,24 @@ class StreamMetrics:
             self.consumers.labels(*key).set(row.consumers)
             self.dead_letters.labels(*key).set(row.dead_letters)
             self.delayed.labels(*key).set(row.delayed)
+
+
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``n`` observations of one ``value`` at once, at the cost of one (a labelled child).
+
+    prometheus-client has no bulk observe; this does what ``Histogram.observe`` does
+    (sum, then the first bucket whose bound holds the value) with ``n``, and falls back to
+    ``n`` observes should the client's internals change.
+    """
+    total = getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if total is None or bounds is None or buckets is None:
+        for _ in range(n):
+            histogram.observe(value)
+        return
+    total.inc(value * n)
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(n)
+            break

@@ -23,8 +23,8 @@ a duplicate event is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Protocol
 
 from streams.config import StreamsConfig
 from streams.envelope import Envelope
@@ -32,17 +32,39 @@ from streams.names import StreamNames
 from streams.redis_types import RedisClient
 
 
-class Publisher:
-    """Adds events to streams; the length cap is only a safety valve (retention trims)."""
+class CommandExecutor(Protocol):
+    """Sends one Redis command (``"XADD", key, ...``) and resolves to its decoded reply.
 
-    def __init__(self, redis: RedisClient, names: StreamNames, *, max_len: int = 1_000_000) -> None:
+    The application may hand the publisher one that pipelines the commands of
+    many concurrent callers into one write (the gateway's auto-pipelined
+    connection); each caller still awaits its own reply, so durability is that
+    of a plain XADD."""
+
+    def __call__(self, *args: str | int) -> Awaitable[Any]: ...
+
+
+class Publisher:
+    """Adds events to streams; the length cap is only a safety valve (retention trims).
+
+    ``execute``, when given, carries single publishes (XADD) instead of the pooled
+    client: concurrent publishers then share round trips. Batches
+    (:meth:`publish_many`) stay on the pooled client's pipeline."""
+
+    def __init__(
+        self, redis: RedisClient, names: StreamNames, *, max_len: int = 1_000_000,
+        execute: CommandExecutor | None = None,
+    ) -> None:
         self._redis = redis
         self._names = names
         self._max_len = max_len
+        self._execute = execute
+        self._max_len_args: tuple[str, str, int, str] = ("MAXLEN", "~", max_len, "*")
 
     @classmethod
-    def from_config(cls, redis: RedisClient, config: StreamsConfig) -> Publisher:
-        return cls(redis, StreamNames(config.key_prefix), max_len=config.max_len)
+    def from_config(
+        cls, redis: RedisClient, config: StreamsConfig, *, execute: CommandExecutor | None = None
+    ) -> Publisher:
+        return cls(redis, StreamNames(config.key_prefix), max_len=config.max_len, execute=execute)
 
     async def publish(
         self,
@@ -61,6 +83,11 @@ class Publisher:
 
     async def publish_envelope(self, stream: str, envelope: Envelope) -> str:
         key = self._names.stream(stream)
+        if self._execute is not None:
+            flat: list[str] = []
+            for name, value in envelope.fields().items():
+                flat += (name, value)
+            return str(await self._execute("XADD", key, *self._max_len_args, *flat))
         entry_id = await self._redis.xadd(
             key, envelope.fields(), maxlen=self._max_len, approximate=True  # type: ignore[arg-type]
         )

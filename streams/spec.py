@@ -107,7 +107,9 @@ class GroupSpec:
     """One consumer group: which stream, which handler, how much at once, how patient.
 
     ``None`` means "from :class:`~streams.config.StreamsConfig`" (``concurrency``,
-    ``lease_s``, ``max_deliveries``).
+    ``prefetch``, ``lease_s``, ``max_deliveries``). ``prefetch`` entries may wait in
+    memory, leased and renewed, beside the ``concurrency`` running: small for slow
+    handlers (work stays spread over processes), large for fast ones (fewer reads).
     """
 
     stream: str
@@ -117,6 +119,7 @@ class GroupSpec:
     #: Empty accepts every type with the raw payload dict.
     event_types: Mapping[str, PayloadParser] = field(default_factory=dict)
     concurrency: int | None = None
+    prefetch: int | None = None
     lease_s: float | None = None
     max_deliveries: int | None = None
     retry_base_s: float = 0.5

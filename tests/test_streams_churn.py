@@ -216,14 +216,14 @@ async def test_start_markers_leave_nothing_behind_once_acked_deferred_or_dead_le
     assert [d["type"] for d in await dead_letters(r, names, "llm")] == ["fail"]
 
 
-async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concurrency(
+async def test_reader_and_reclaim_together_never_hold_more_than_concurrency_plus_prefetch(
     r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
 ) -> None:
     """Stranded entries of a dead consumer (taken by the reclaim) and new entries (taken by
-    the reader, blocked meanwhile) arrive at once: the consumer holds 2 x concurrency, not
-    twice that."""
-    concurrency, keys = 2, names.keys("llm")
-    bound = 2 * concurrency
+    the reader, blocked meanwhile) arrive at once: the consumer holds concurrency + prefetch,
+    not twice that."""
+    concurrency, prefetch, keys = 2, 3, names.keys("llm")
+    bound = concurrency + prefetch
     await r.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
     stranded = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(3 * bound)])
     await r.xreadgroup("llm", "dead", {keys.stream: ">"}, count=len(stranded))
@@ -234,7 +234,8 @@ async def test_reader_and_reclaim_together_never_hold_more_than_twice_the_concur
         started.append(ctx.entry_id)
         await release.wait()  # the handler's work: until the test has counted
 
-    spec = GroupSpec("llm", "llm", handle, concurrency=concurrency, lease_s=LEASE_S)
+    spec = GroupSpec("llm", "llm", handle, concurrency=concurrency, prefetch=prefetch,
+                     lease_s=LEASE_S)
     peak = 0
     async with running(r, streams_config, spec, name="c1", grace_s=1.0) as runtime:
         delivery = runtime.groups[0].delivery
@@ -376,3 +377,39 @@ async def test_stranded_entries_are_reclaimed_while_new_entries_keep_the_reader_
             assert len(handled) > len(stranded)  # new entries flowed meanwhile
         finally:
             load.cancel()
+
+
+async def test_entries_read_ahead_keep_their_lease_while_they_wait(
+    r: RedisClient, streams_config: StreamsConfig, names: StreamNames, publisher: Publisher
+) -> None:
+    """A consumer running one long handler holds three more entries read ahead (concurrency
+    1, prefetch 3): their leases are renewed while they wait, so another consumer's reclaim
+    does not take them however long the first handler runs; each runs once, there."""
+    keys, lease_s = names.keys("llm"), 2 * LEASE_S
+    release = asyncio.Event()
+    seen: list[tuple[str, str]] = []
+
+    def spec_for(consumer: str) -> GroupSpec:
+        async def handle(ctx: EventContext) -> None:
+            seen.append((consumer, ctx.entry_id))
+            await release.wait()  # the first handler's work: until the test has waited
+
+        # A longer lease than the other tests': a loaded machine may starve the renewer
+        # for a while, which is not what this test is about.
+        return GroupSpec("llm", "llm", handle, concurrency=1, prefetch=3, lease_s=lease_s)
+
+    ids = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(4)])
+    async with running(r, streams_config, spec_for("a"), name="a", grace_s=1.0):
+        await wait_until(lambda: pending_of(r, keys.stream, "llm", "a"), until=lambda n: n == 4,
+                         timeout_s=DEADLINE_S, message="a did not read ahead")
+        async with running(r, streams_config, spec_for("b"), name="b", grace_s=1.0):
+            # Redis's clock, two leases on: b's reclaim (every lease / 4) ran many times.
+            seconds, _ = await r.time()
+            await wait_until(r.time, until=lambda t: int(t[0]) >= int(seconds) + 2 * lease_s + 1,
+                             timeout_s=DEADLINE_S)
+            assert await pending_of(r, keys.stream, "llm", "a") == 4
+            assert seen == [("a", ids[0])]
+            release.set()
+            await wait_until(lambda: pending(r, names, "llm", "llm"), until=lambda n: n == 0,
+                             timeout_s=DEADLINE_S)
+    assert sorted(seen) == sorted(("a", eid) for eid in ids)

@@ -3,12 +3,17 @@ facing an unreachable Redis (``streams.names``, ``streams.envelope``, ``streams.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from streams_support import read_stream
 
 from config import Settings
 from devstack.servers import free_port
 from events.catalogue import STREAMS, UPLOADS
-from storage.redis_client import open_redis
+from gateway.wiring import publisher_for
+from storage.redis_autopipeline import open_autopipeline
+from storage.redis_client import RedisClient, open_redis
 from streams.config import StreamsConfig
 from streams.envelope import Envelope, EnvelopeError, decode
 from streams.names import StreamNames
@@ -43,3 +48,26 @@ async def test_publish_raises_when_redis_is_unreachable(
     async with open_redis(down) as client:
         with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
             await Publisher.from_config(client, streams_config).publish("llm", "e", {})
+
+
+async def test_concurrent_publishes_share_writes_and_each_is_stored_when_it_returns(
+    r: RedisClient, stream_settings: Settings, names: StreamNames
+) -> None:
+    """100 publishers at once over the auto-pipelined connection: their XADDs go out in a
+    few writes, and every publish returns the id of an entry already in the stream."""
+    async with open_autopipeline(stream_settings, r) as autopipeline:
+        assert autopipeline is not None
+        publisher = publisher_for(r, stream_settings, autopipeline=autopipeline)
+
+        async def publish(i: int) -> tuple[str, bool]:
+            entry_id = await publisher.publish("llm", "e", {"i": i}, idempotency_key=f"k{i}")
+            stored = await read_stream(r, names.stream("llm"))
+            return entry_id, entry_id in {eid for eid, _ in stored}
+
+        results = await asyncio.gather(*(publish(i) for i in range(100)))
+        assert all(stored for _, stored in results)
+        assert len({entry_id for entry_id, _ in results}) == 100
+        assert autopipeline.stats.writes < autopipeline.stats.commands / 10
+    entries = await read_stream(r, names.stream("llm"))
+    assert sorted(decode(fields).payload["i"] for _, fields in entries) == list(range(100))
+    assert {decode(fields).idem for _, fields in entries} == {f"k{i}" for i in range(100)}

@@ -259,6 +259,8 @@ def transcription_group(handler: TranscriptionHandler, settings: Settings) -> Gr
         handler=handler,
         event_types=events.parsers(events.CHUNK_UPLOADED, events.CONVERSATION_FINALIZE),
         concurrency=settings.transcription_concurrency,
+        # Slow handlers: read ahead no more than one each, so other processes get work.
+        prefetch=settings.transcription_concurrency,
         # One more than our attempts: the handler itself ends the chunk on the last one.
         max_deliveries=settings.transcription_max_attempts + 1,
     )
