@@ -29,7 +29,8 @@ class StreamSettings(SettingsSection):
     )
     stream_max_deliveries: int = setting(
         "STREAM_MAX_DELIVERIES", int_at_least(1), 5,
-        "deliveries of an entry before it moves to the dead letters",
+        "started attempts of an upload check (and of any group that sets none) before the "
+        "entry ends or moves to the dead letters",
     )
     stream_concurrency: int = setting(
         "STREAM_CONCURRENCY", int_at_least(1), 8,

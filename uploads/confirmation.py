@@ -18,7 +18,7 @@ not be verified: <error>": a chunk never stays ``pending_verification``, which
 would keep its conversation from being finalized.
 
 Like the ``transcription`` group, the group's ``max_deliveries`` is one more
-than ``VERIFY_MAX_ATTEMPTS`` and counts *started* attempts (``ctx.attempts``):
+than ``STREAM_MAX_DELIVERIES`` (the verify attempts) and counts *started* attempts (``ctx.attempts``):
 an attempt beyond them (the handler kept failing, or its worker kept dying
 mid-way) fails the chunk, saying which, instead of leaving it to the dead
 letters. A handler that finds its chunk ended (a redelivery after a failed
@@ -53,9 +53,6 @@ log = structlog.get_logger(__name__)
 
 UPLOAD_NOT_FOUND = "upload not found"
 UNVERIFIABLE = "upload could not be verified"
-#: Started attempts (that raised, or whose worker died) of one verify event before the handler
-#: ends the chunk itself; deferrals do not count (the windows bound them).
-VERIFY_MAX_ATTEMPTS = 5
 MAX_ERROR_CHARS = 500
 #: What a HEAD can raise besides "not found": S3 answering an error, or not answering.
 S3_ERRORS = (ClientError, BotoCoreError, OSError, TimeoutError)
@@ -92,10 +89,10 @@ def error_retry_delay_s(
     return max(ERROR_DELAY_MIN_S, min(delay_s, remaining_s))
 
 
-async def attempts_spent_reason(ctx: EventContext, redis: Any) -> str:
+async def attempts_spent_reason(ctx: EventContext, redis: Any, max_attempts: int) -> str:
     """Why the verify attempts ran out: workers stopping mid-way, handler errors, or both."""
     last = await ctx.last_error(redis)
-    spent = f"{UNVERIFIABLE}: the check was attempted {VERIFY_MAX_ATTEMPTS} times"
+    spent = f"{UNVERIFIABLE}: the check was attempted {max_attempts} times"
     if not ctx.reclaimed_after_crash:
         return f"{spent}, the last ended by a handler error: {last or '(not recorded)'}"
     if last:
@@ -134,8 +131,11 @@ def make_upload_confirmation_handler(
             return
         if chunk["status"] != "pending_verification":
             return
-        if ctx.attempts > VERIFY_MAX_ATTEMPTS:
-            await _fail(upload, await attempts_spent_reason(ctx, store.redis), ctx)
+        # Started attempts (that raised, or whose worker died) before the handler ends the
+        # chunk itself (STREAM_MAX_DELIVERIES); deferrals do not count (the windows bound them).
+        if ctx.attempts > settings.stream_max_deliveries:
+            await _fail(upload, await attempts_spent_reason(
+                ctx, store.redis, settings.stream_max_deliveries), ctx)
             return
         started_ms = _now_ms()
         # Only a deferred run carries its S3-error record: a run with no deferral yet (a new
@@ -218,5 +218,5 @@ def upload_confirmation_group(
         ),
         event_types=events.parsers(events.UPLOAD_VERIFY),
         # One more than our attempts: the handler itself ends the chunk on the last one.
-        max_deliveries=VERIFY_MAX_ATTEMPTS + 1,
+        max_deliveries=settings.stream_max_deliveries + 1,
     )
