@@ -97,6 +97,8 @@ async def test_every_store_script_runs_on_the_cluster(
     assert outcome == "ok" and kept is not None
     assert await store.store_summary(cid, claim.generation, text=kept.text, provider="offline",
                                      model="m", s3_key="s") == "ok"
+    repair = await store.repair_open_chunks(cid)  # the sweeper's recount: nothing is open
+    assert repair is not None and (repair.old, repair.new) == (0, 0)
     idle = (await store.create_conversation(pid, {"title": "idle"}))["id"]
     assert idle in [c for c, _ in await store.finish_idle(0.0)]
 
