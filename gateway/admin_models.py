@@ -1,5 +1,9 @@
 """The answers of the admin API (``/api/admin``), declared once for the document.
 
+Where an answer's part is a dataclass of the layer below (:class:`BacklogRow`,
+:class:`DeadLetter`, :class:`StuckItem`), the model holds that dataclass itself: pydantic
+derives its schema, and the document names it under ``components``.
+
 The admin routes take no JSON bodies; their query and path parameters are declared
 with ``query=`` / ``path=`` on ``@endpoint`` (schemas below) and checked by the
 handlers against the same bounds.
@@ -7,12 +11,14 @@ handlers against the same bounds.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from events.catalogue import STREAMS
-from streams.deadletters import MAX_PAGE
+from recovery.alerts import StuckItem
+from streams.backlog import BacklogRow
+from streams.deadletters import MAX_PAGE, DeadLetter
 
 #: Where a dead letter or a stream is named, the stream's short name.
 STREAM_SCHEMA: dict[str, Any] = {"type": "string", "enum": list(STREAMS)}
@@ -34,37 +40,8 @@ LETTER_PATH: dict[str, dict[str, Any]] = {
 }
 
 
-class BacklogRow(BaseModel):
-    stream: str
-    group: str
-    length: int
-    lag: int | None
-    pending: int
-    oldest_pending_age_s: float
-    consumers: int
-    dead_letters: int
-    delayed: int
-    lag_source: Literal["redis", "counted", "capped", ""] = ""
-
-
 class Streams(BaseModel):
     streams: list[BacklogRow]
-
-
-class DeadLetter(BaseModel):
-    id: str
-    stream: str
-    original_id: str
-    group: str
-    reason: str
-    last_error: str
-    deliveries: int
-    attempts: int
-    dead_at_ms: int
-    type: str
-    event_id: str
-    idempotency_key: str
-    payload: Any
 
 
 class DeadLetterPage(BaseModel):
@@ -84,16 +61,6 @@ class Dropped(BaseModel):
     stream: str
     id: str
     dropped: bool
-
-
-class StuckItem(BaseModel):
-    kind: Literal["conversation", "chunk"]
-    conversation_id: str
-    chunk_id: str | None
-    status: str
-    age_s: float
-    bound_s: float
-    actions: list[str]
 
 
 class StuckReport(BaseModel):

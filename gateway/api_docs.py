@@ -5,7 +5,8 @@ tests/test_api_openapi.py fails on a served route without ``@endpoint``):
 
 1. Declare the JSON request body as a model in :mod:`gateway.api_models`
    (``StrictRequest``: extras refused; ``TolerantRequest``: extras ignored) and the
-   success body as a plain pydantic model there.
+   success body as a plain pydantic model there, or give the dataclass the handler
+   answers with (``asdict``) itself: pydantic derives a schema from either.
 2. Put ``@endpoint`` under the route decorator::
 
        @routes.post("/api/admin/things/{thing_id}")
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, TypeVar, overload
 
 from aiohttp import web
@@ -215,8 +216,9 @@ def describe(exc: ValidationError) -> str:
 
 
 def schema_of(annotation: Any, definitions: dict[str, Any], mode: str) -> dict[str, Any]:
-    """The JSON Schema of ``annotation`` (a model, a list of them, or a schema dict), its
-    named parts moved into ``definitions`` (``#/components/schemas``)."""
+    """The JSON Schema of ``annotation`` (a model or a dataclass, a list of them, or a schema
+    dict), its named parts moved into ``definitions`` (``#/components/schemas``): a model or
+    dataclass is named by its class, wherever it stands."""
     if isinstance(annotation, Mapping):
         return dict(annotation)
     schema = TypeAdapter(annotation).json_schema(
@@ -224,7 +226,9 @@ def schema_of(annotation: Any, definitions: dict[str, Any], mode: str) -> dict[s
         mode="serialization" if mode == "response" else "validation",
     )
     definitions.update(schema.pop("$defs", {}))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or is_dataclass(annotation)
+    ):
         definitions[annotation.__name__] = schema
         return {"$ref": f"#/components/schemas/{annotation.__name__}"}
     return schema

@@ -3,8 +3,8 @@ Sentry event when sentry-sdk is initialized (``SENTRY_DSN``; the ``sentry`` extr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -16,13 +16,14 @@ log = structlog.get_logger(__name__)
 class StuckItem:
     """A conversation or chunk found stuck, and what was done about it."""
 
-    kind: str  # "conversation" | "chunk"
+    kind: Literal["conversation", "chunk"]
     conversation_id: str
     chunk_id: str | None
     status: str
     age_s: float
     bound_s: float
-    actions: list[str] = field(default_factory=list)
+    #: What was done, in order (empty for a dry run or when nothing could be).
+    actions: list[str]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

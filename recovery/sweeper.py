@@ -268,8 +268,10 @@ class StuckSweeper:
         cid = flags.conversation_id
         conversation: StuckItem | None = None
         if flags.is_finished and (force or self._finished_long_ago(flags, now_ms)):
-            conversation = StuckItem("conversation", cid, None, "finished",
-                                     (now_ms - flags.finished_ms) / 1000, self._settings.stuck_after_s)
+            conversation = StuckItem(
+                "conversation", cid, None, "finished", (now_ms - flags.finished_ms) / 1000,
+                self._settings.stuck_after_s, [],
+            )
         items: list[StuckItem] = [conversation] if conversation else []
         finalizable = False
         for chunk_id, status, key, content_type, updated_ms in chunks:
@@ -278,7 +280,7 @@ class StuckSweeper:
             chunk_age_s, bound_s = (now_ms - int(updated_ms or 0)) / 1000, self.bounds_s[status]
             if not force and chunk_age_s <= bound_s:
                 continue
-            item = StuckItem("chunk", cid, chunk_id, status, chunk_age_s, bound_s)
+            item = StuckItem("chunk", cid, chunk_id, status, chunk_age_s, bound_s, [])
             items.append(item)
             if act:
                 # The event's payload needs a type; every issued chunk has one.

@@ -13,15 +13,22 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from redis.exceptions import ResponseError
 
 from streams.names import StreamNames
 from streams.redis_types import RedisClient
 
+#: Where a row's ``lag`` comes from: ``redis`` (XINFO GROUPS), ``counted`` (Redis had none),
+#: ``capped`` (counted up to the cap: the lag is at least that), ``""`` (no group).
+LagSource = Literal["redis", "counted", "capped", ""]
+
 
 @dataclass(frozen=True, slots=True)
 class BacklogRow:
+    """One stream and group's backlog figures (a row of the report and of the admin API)."""
+
     stream: str
     group: str
     length: int
@@ -32,9 +39,7 @@ class BacklogRow:
     consumers: int
     dead_letters: int
     delayed: int
-    #: Where ``lag`` comes from: ``redis`` (XINFO GROUPS), ``counted`` (Redis had none),
-    #: ``capped`` (counted up to the cap: the lag is at least that), ``""`` (no group).
-    lag_source: str = ""
+    lag_source: LagSource = ""
 
 
 #: Most entries counted for one group's lag when Redis reports none.
@@ -69,7 +74,7 @@ async def count_after(
 
 async def _group_lag(
     redis: RedisClient, stream: str, group: dict[str, object], cap: int
-) -> tuple[int, str]:
+) -> tuple[int, LagSource]:
     lag = group.get("lag")
     if lag is not None:
         return int(str(lag)), "redis"
