@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 import structlog
@@ -18,6 +19,7 @@ from aiohttp import web
 from events import catalogue as events
 from gateway.api_services import ApiServices
 from gateway.appkeys import API_SERVICES
+from gateway.background import background_loop
 from storage.conversations import ConversationStore
 from storage.redis_client import REDIS_UNAVAILABLE_ERRORS
 from streams.publisher import Publisher
@@ -69,14 +71,6 @@ async def idle_finish_loop(services: ApiServices, stop: asyncio.Event) -> None:
 
 async def idle_finish_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the idle sweeper in this process (safe in every process: each finish is atomic)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(idle_finish_loop(app[API_SERVICES], stop), name="idle-finish")
-    try:
+    services = app[API_SERVICES]
+    async with background_loop(functools.partial(idle_finish_loop, services), name="idle-finish"):
         yield
-    finally:
-        # The flag ends the loop even if a library swallowed the cancellation
-        # (redis-py can turn a cancelled wait into its TimeoutError).
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -4,13 +4,12 @@ the lease in Redis makes one run per interval across all of them)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway.appkeys import METRICS_REGISTRY, PUBLISHER, RECOVERY, REDIS, S3, SETTINGS
+from gateway.background import background_loop
 from recovery.alerts import RecoveryMetrics
 from recovery.sweeper import StuckSweeper
 from storage.conversations import ConversationStore
@@ -37,13 +36,5 @@ async def recovery_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def sweeper_loop_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the sweeper's loop until the app stops (after :func:`recovery_ctx`)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(app[RECOVERY].run_forever(stop), name="stuck-sweeper")
-    try:
+    async with background_loop(app[RECOVERY].run_forever, name="stuck-sweeper"):
         yield
-    finally:
-        # The flag ends the loop even if a library swallowed the cancellation.
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

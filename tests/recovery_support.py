@@ -3,14 +3,13 @@ clients, and reads of what the sweeper leaves behind."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
 from transcription_support import OVERRIDES
 
 from config import Settings
+from gateway.background import background_loop
 from gateway.wiring import publisher_for
 from recovery.alerts import RecoveryMetrics
 from recovery.sweeper import StuckSweeper
@@ -39,18 +38,9 @@ def make_sweeper(
     )
 
 
-@contextlib.asynccontextmanager
-async def sweeping(sweeper: StuckSweeper) -> AsyncIterator[None]:
-    """The sweeper's loop runs in this process for the block."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(sweeper.run_forever(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def sweeping(sweeper: StuckSweeper) -> contextlib.AbstractAsyncContextManager[None]:
+    """The sweeper's loop runs in this process for the block (as in a ``worker`` process)."""
+    return background_loop(sweeper.run_forever, name="test-stuck-sweeper")
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
