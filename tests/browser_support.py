@@ -210,13 +210,19 @@ class Chromium:
         self._http = aiohttp.ClientSession()
         return self
 
-    async def open(self, url: str) -> Page:
-        """A new tab at ``url``."""
+    async def _connect(self, method: str, endpoint: str) -> Session:
+        """A DevTools session on the target that ``method /json/<endpoint>`` answers with
+        (``new?<url>``: a new tab; ``version``: the browser itself)."""
         assert self._http is not None
-        async with self._http.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as resp:
+        url = f"http://127.0.0.1:{self.port}/json/{endpoint}"
+        async with self._http.request(method, url) as resp:
             target = await resp.json()
         ws = await self._http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
-        session = Session(ws)
+        return Session(ws)
+
+    async def open(self, url: str) -> Page:
+        """A new tab at ``url``."""
+        session = await self._connect("PUT", f"new?{url}")
         self._sessions.append(session)
         await session.send("Network.enable")
         await session.send("Runtime.enable")
@@ -224,11 +230,7 @@ class Chromium:
 
     async def deny_microphone(self, origin: str) -> None:
         """Deny microphone access to ``origin`` (as a participant who said no)."""
-        assert self._http is not None
-        async with self._http.get(f"http://127.0.0.1:{self.port}/json/version") as resp:
-            version = await resp.json()
-        ws = await self._http.ws_connect(version["webSocketDebuggerUrl"], max_msg_size=0)
-        session = Session(ws)
+        session = await self._connect("GET", "version")
         try:
             await session.send(
                 "Browser.setPermission", permission={"name": "microphone"},

@@ -27,9 +27,11 @@ from storage.s3_client import S3Client, ensure_bucket, open_s3
 # registered once here so test modules import only their helpers. streams_support comes
 # first: api_support imports it, and a module imported before its registration misses
 # pytest's assertion rewriting. cluster_support: the session's Redis Cluster and the
-# ``redis_cluster`` marker that moves a test's Redis fixtures onto it.
+# ``redis_cluster`` marker that moves a test's Redis fixtures onto it. transcription_support:
+# the ``store`` and ``run_workers`` fixtures of the transcription and recovery tests.
 pytest_plugins = [
     "pytester", "per_test_timeout", "streams_support", "api_support", "cluster_support",
+    "transcription_support",
 ]
 
 # Tests that start real processes must not inherit the developer's configuration.
@@ -86,9 +88,22 @@ def s3_env(s3_server: SeaweedServer, bucket_name: str) -> dict[str, str]:
     }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "env(NAME=value, ...): more variables in the test's env, hence in its settings, "
+        "api_env and clients (a module's ``pytestmark`` sets them for all its tests)",
+    )
+
+
 @pytest.fixture
-def env(base_env: dict[str, str], s3_env: dict[str, str]) -> dict[str, str]:
-    return {**base_env, **s3_env}
+def env(
+    request: pytest.FixtureRequest, base_env: dict[str, str], s3_env: dict[str, str]
+) -> dict[str, str]:
+    """The gateway's environment: the session's Redis and the test's bucket, and the
+    variables of the test's ``env`` marker."""
+    marker = request.node.get_closest_marker("env")
+    return {**base_env, **s3_env, **(marker.kwargs if marker is not None else {})}
 
 
 @pytest.fixture

@@ -9,32 +9,24 @@ import subprocess
 import sys
 
 import pytest
-from api_support import HOST_HEADERS, ApiClient, MakeClient, new_id
+from api_support import HOST_HEADERS, ApiClient, new_id
 from recovery_support import RECOVERY_OVERRIDES
 from transcription_support import conversation_with_chunks
 from waiting import wait_until
 
 from config import Settings
 from storage.conversations import ConversationStore
-from storage.redis_client import RedisClient
 from storage.s3_client import S3Client
 
 ROUTES = [("GET", "/api/admin/stuck"), ("POST", f"/api/admin/conversations/{new_id()}/recover")]
 
 
+pytestmark = pytest.mark.env(**RECOVERY_OVERRIDES)
+
+
 @pytest.fixture(scope="module")
 def bucket_name() -> str:
     return "test-recovery-admin"
-
-
-@pytest.fixture
-def settings(api_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**api_env, **RECOVERY_OVERRIDES})
-
-
-@pytest.fixture
-async def client(make_client: MakeClient) -> ApiClient:
-    return await make_client(**RECOVERY_OVERRIDES)
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -50,9 +42,8 @@ async def test_admin_recovery_routes_refuse_a_missing_or_wrong_token(
 
 
 async def test_stuck_is_a_dry_run_of_the_sweeper(
-    client: ApiClient, settings: Settings, redis: RedisClient, s3: S3Client,
+    client: ApiClient, settings: Settings, store: ConversationStore, s3: S3Client,
 ) -> None:
-    store = ConversationStore(redis)
     cid, uploads = await conversation_with_chunks(store, s3, settings, 1)
     await store.finish(cid)
 
@@ -73,9 +64,8 @@ async def test_stuck_is_a_dry_run_of_the_sweeper(
 
 
 async def test_recover_re_drives_a_conversation_and_repeating_it_is_harmless(
-    client: ApiClient, settings: Settings, redis: RedisClient, s3: S3Client,
+    client: ApiClient, settings: Settings, store: ConversationStore, s3: S3Client,
 ) -> None:
-    store = ConversationStore(redis)
     cid, uploads = await conversation_with_chunks(store, s3, settings, 1)
     await s3.delete_object(Bucket=settings.s3_bucket, Key=uploads[0].key)
     await store.finish(cid)
@@ -101,22 +91,20 @@ def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 async def test_the_recover_command_sweeps_or_recovers_one_conversation(
-    settings: Settings, api_env: dict[str, str], redis: RedisClient, s3: S3Client,
+    settings: Settings, api_env: dict[str, str], store: ConversationStore, s3: S3Client,
 ) -> None:
-    store = ConversationStore(redis)
     cid, uploads = await conversation_with_chunks(store, s3, settings, 1)
     await s3.delete_object(Bucket=settings.s3_bucket, Key=uploads[0].key)
     await store.finish(cid)
-    env = {**api_env, **RECOVERY_OVERRIDES}
-    dry = _run_cli("recover", "--stuck", "--dry-run", env=env)
+    dry = _run_cli("recover", "--stuck", "--dry-run", env=api_env)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["dry_run"] is True
-    done = _run_cli("recover", "--conversation", cid, env=env)
+    done = _run_cli("recover", "--conversation", cid, env=api_env)
     assert done.returncode == 0, done.stderr
     assert "chunk_failed_upload_not_found" in json.loads(done.stdout)["actions"]
-    sweep = _run_cli("recover", "--stuck", env=env)
+    sweep = _run_cli("recover", "--stuck", env=api_env)
     assert sweep.returncode == 0, sweep.stderr
     assert json.loads(sweep.stdout)["examined"] == 1
-    unknown = _run_cli("recover", "--conversation", new_id(), env=env)
+    unknown = _run_cli("recover", "--conversation", new_id(), env=api_env)
     assert unknown.returncode == 1 and "no conversation" in unknown.stderr
-    assert _run_cli("recover", env=env).returncode == 2
+    assert _run_cli("recover", env=api_env).returncode == 2

@@ -23,14 +23,12 @@ from storage.s3_client import S3Client
 sentry_sdk = pytest.importorskip("sentry_sdk", reason="sentry-sdk (the sentry extra) is not installed")
 
 
+pytestmark = pytest.mark.env(**RECOVERY_OVERRIDES)
+
+
 @pytest.fixture(scope="module")
 def bucket_name() -> str:
     return "test-recovery-alerts"
-
-
-@pytest.fixture
-def settings(api_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**api_env, **RECOVERY_OVERRIDES})
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ are the session's real servers.
 from __future__ import annotations
 
 import pytest
-from api_support import ApiClient, MakeClient
 from prometheus_client import CollectorRegistry
 from recovery_support import RECOVERY_OVERRIDES, make_sweeper, sample, sweeping
 from transcription_support import (
@@ -17,7 +16,6 @@ from transcription_support import (
     is_finalized,
     until_drained,
     until_finalized,
-    workers_runner,
 )
 from waiting import wait_until
 
@@ -32,31 +30,13 @@ from streams.runtime import ConsumerRuntime
 from transcription.base import NoopTranscriber
 from uploads.confirmation import upload_confirmation_group
 
+pytestmark = pytest.mark.env(**RECOVERY_OVERRIDES)
+
 
 @pytest.fixture(scope="module")
 def bucket_name() -> str:
     """One bucket for the module: the session's SeaweedFS has room for few (``-volume.max``)."""
     return "test-recovery-sweeper"
-
-
-@pytest.fixture
-def settings(api_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**api_env, **RECOVERY_OVERRIDES})
-
-
-@pytest.fixture
-async def client(make_client: MakeClient) -> ApiClient:
-    return await make_client(**RECOVERY_OVERRIDES)
-
-
-@pytest.fixture
-def store(redis: RedisClient) -> ConversationStore:
-    return ConversationStore(redis)
-
-
-@pytest.fixture
-def run_workers(settings: Settings, redis: RedisClient, s3: S3Client) -> RunWorkers:
-    return workers_runner(settings, redis, s3)
 
 
 async def chunk_status(store: ConversationStore, cid: str, chunk_id: str) -> tuple[str, str | None]:

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from api_support import (
     ApiClient,
-    MakeClient,
     P,
     confirm,
     get_upload_url,
@@ -41,7 +40,6 @@ from transcription_support import (
     read_object,
     summary_requests,
     until_finalized,
-    workers_runner,
 )
 from waiting import wait_until
 
@@ -59,31 +57,13 @@ from transcription.lifecycle import make_bound
 from transcription.local_provider import LocalWhisperTranscriber, packaged_model_dir
 from transcription.metrics import TranscriptionMetrics
 
+pytestmark = pytest.mark.env(**OVERRIDES)
+
 
 @pytest.fixture(scope="module")
 def bucket_name() -> str:
     """One bucket for the module: the session's SeaweedFS has room for few (``-volume.max``)."""
     return "test-transcription-chunks"
-
-
-@pytest.fixture
-def settings(api_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**api_env, **OVERRIDES})
-
-
-@pytest.fixture
-async def client(make_client: MakeClient) -> ApiClient:
-    return await make_client(**OVERRIDES)
-
-
-@pytest.fixture
-def store(redis: RedisClient) -> ConversationStore:
-    return ConversationStore(redis)
-
-
-@pytest.fixture
-def run_workers(settings: Settings, redis: RedisClient, s3: S3Client) -> RunWorkers:
-    return workers_runner(settings, redis, s3)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +201,7 @@ async def test_a_worker_killed_mid_chunk_leaves_it_to_another_worker(
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "tests" / "transcription_worker_proc.py"),
-        cwd=ROOT, env={**os.environ, **api_env, **OVERRIDES},
+        cwd=ROOT, env={**os.environ, **api_env},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:

@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 import pytest
-from api_support import ApiClient, MakeClient, P
+from api_support import ApiClient, P
 from prometheus_client import CollectorRegistry
 from transcription_support import (
     DEADLINE_S,
@@ -43,31 +43,13 @@ from transcription.base import NoopTranscriber
 from transcription.finalization import Finalizer, transcript_keys
 from transcription.metrics import TranscriptionMetrics
 
+pytestmark = pytest.mark.env(**OVERRIDES)
+
 
 @pytest.fixture(scope="module")
 def bucket_name() -> str:
     """One bucket for the module: the session's SeaweedFS has room for few (``-volume.max``)."""
     return "test-transcription-finalization"
-
-
-@pytest.fixture
-def settings(api_env: dict[str, str]) -> Settings:
-    return Settings.from_env({**api_env, **OVERRIDES})
-
-
-@pytest.fixture
-async def client(make_client: MakeClient) -> ApiClient:
-    return await make_client(**OVERRIDES)
-
-
-@pytest.fixture
-def store(redis: RedisClient) -> ConversationStore:
-    return ConversationStore(redis)
-
-
-@pytest.fixture
-def run_workers(settings: Settings, redis: RedisClient, s3: S3Client) -> RunWorkers:
-    return workers_runner(settings, redis, s3)
 
 
 async def until_chunks_ended(store: ConversationStore, cid: str, count: int) -> None:
@@ -231,7 +213,7 @@ async def test_a_dead_lettered_finalize_event_replayed_while_its_claim_lives_fin
 ) -> None:
     """The dead run's claim outlives it (FINALIZATION_CLAIM_S); the replay is the same event
     (same token), so it takes the claim over instead of being turned away as another's."""
-    broken = Settings.from_env({**api_env, **OVERRIDES, "STREAM_MAX_DELIVERIES": "2",
+    broken = Settings.from_env({**api_env, "STREAM_MAX_DELIVERIES": "2",
                                 "S3_BUCKET": "no bucket here"})  # every S3 write fails
     publisher = publisher_for(redis, settings)
     cid, _ = await conversation_with_chunks(store, s3, settings, 0)

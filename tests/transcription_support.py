@@ -1,9 +1,11 @@
-"""Shared pieces of the transcription pipeline tests (test_transcription_chunks.py and
-test_transcription_finalization.py): settings with short leases, the ``transcription``
-group run in this process, and waits and reads of what the pipeline leaves behind.
+"""Shared pieces of the transcription pipeline tests (test_transcription_*.py, and the
+recovery tests built on them): settings with short leases, the ``transcription`` group run
+in this process, and waits and reads of what the pipeline leaves behind.
 
-Each test module declares its fixtures itself (a few lines each, built from here):
-they override the session's ``bucket_name``, ``settings`` and ``client`` for that module.
+A pytest plugin (tests/conftest.py loads it): its fixtures ``store`` and ``run_workers``
+reach every test module. A module sets its short leases with
+``pytestmark = pytest.mark.env(**OVERRIDES)`` (the session's ``settings``, ``api_env`` and
+``client`` then carry them) and names its own ``bucket_name``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
 from api_support import stream_events
 from prometheus_client import CollectorRegistry
 from waiting import wait_until
@@ -46,6 +49,16 @@ class RunWorkers(Protocol):
     def __call__(
         self, transcriber: Transcriber, processes: int = 1
     ) -> contextlib.AbstractAsyncContextManager[TranscriptionService]: ...
+
+
+@pytest.fixture
+def store(redis: RedisClient) -> ConversationStore:
+    return ConversationStore(redis)
+
+
+@pytest.fixture
+def run_workers(settings: Settings, redis: RedisClient, s3: S3Client) -> RunWorkers:
+    return workers_runner(settings, redis, s3)
 
 
 def workers_runner(settings: Settings, redis: RedisClient, s3: S3Client) -> RunWorkers:
