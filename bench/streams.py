@@ -79,6 +79,16 @@ async def _timed(n: int, body: Callable[[], Awaitable[None]]) -> Run:
     return Run(n / wall, cpu / n * 1e6)
 
 
+async def _timed_on_new(
+    r: RedisClient, key: str, n: int, body: Callable[[], Awaitable[None]]
+) -> Run:
+    """:func:`_timed` with the stream ``key`` deleted before and after ``body``."""
+    await r.delete(key)
+    run = await _timed(n, body)
+    await r.delete(key)
+    return run
+
+
 async def prefill(r: RedisClient, key: str, n: int) -> None:
     await r.delete(key)
     for start in range(0, n, PREFILL_BATCH):
@@ -234,34 +244,26 @@ async def consume_processes(r: RedisClient, settings: Settings, n: int, procs: i
 
 async def publish_bare_awaited(r: RedisClient, names: StreamNames, n: int) -> Run:
     key = names.stream("bench-pub")
-    await r.delete(key)
     fields = Envelope("noop", PAYLOAD).fields()
 
     async def body() -> None:
         for _ in range(n):
             await r.xadd(key, fields)  # type: ignore[arg-type]
 
-    run = await _timed(n, body)
-    await r.delete(key)
-    return run
+    return await _timed_on_new(r, key, n, body)
 
 
 async def publish_awaited(r: RedisClient, publisher: Publisher, names: StreamNames,
                           n: int) -> Run:
-    await r.delete(names.stream("bench-pub"))
-
     async def body() -> None:
         for _ in range(n):
             await publisher.publish("bench-pub", "noop", PAYLOAD)
 
-    run = await _timed(n, body)
-    await r.delete(names.stream("bench-pub"))
-    return run
+    return await _timed_on_new(r, names.stream("bench-pub"), n, body)
 
 
 async def publish_raw_pipelined(r: RedisClient, names: StreamNames, n: int) -> Run:
     key = names.stream("bench-pub")
-    await r.delete(key)
 
     async def body() -> None:
         for start in range(0, n, PUBLISHERS):
@@ -270,15 +272,11 @@ async def publish_raw_pipelined(r: RedisClient, names: StreamNames, n: int) -> R
                     pipe.xadd(key, Envelope("noop", PAYLOAD).fields())  # type: ignore[arg-type]
                 await pipe.execute()
 
-    run = await _timed(n, body)
-    await r.delete(key)
-    return run
+    return await _timed_on_new(r, key, n, body)
 
 
 async def publish_concurrent(r: RedisClient, publisher: Publisher, names: StreamNames,
                              n: int) -> Run:
-    await r.delete(names.stream("bench-pub"))
-
     async def one_publisher(count: int) -> None:
         for _ in range(count):
             await publisher.publish("bench-pub", "noop", PAYLOAD)
@@ -286,9 +284,7 @@ async def publish_concurrent(r: RedisClient, publisher: Publisher, names: Stream
     async def body() -> None:
         await asyncio.gather(*(one_publisher(n // PUBLISHERS) for _ in range(PUBLISHERS)))
 
-    run = await _timed(n // PUBLISHERS * PUBLISHERS, body)
-    await r.delete(names.stream("bench-pub"))
-    return run
+    return await _timed_on_new(r, names.stream("bench-pub"), n // PUBLISHERS * PUBLISHERS, body)
 
 
 # --- report
