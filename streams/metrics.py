@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -81,3 +82,27 @@ def observe_many(histogram: Histogram, value: float, n: int) -> None:
         if value <= bound:
             buckets[i].inc(n)
             break
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """Observe each of ``values`` (a labelled child), at the cost of one observation per
+    bucket they fall in, not per value: the sum once, then each bucket's count once.
+
+    Like :func:`observe_many`, it does what ``Histogram.observe`` does and falls back to
+    one observe per value should the client's internals change.
+    """
+    total = getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if total is None or bounds is None or buckets is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        # The first bucket whose bound holds the value (the last bound is +Inf).
+        counts[bisect_left(bounds, value)] += 1
+    total.inc(sum(values))
+    for bucket, count in zip(buckets, counts):
+        if count:
+            bucket.inc(count)
