@@ -19,9 +19,8 @@ Per group and process there is a fixed set of tasks, no task per message:
 * ``concurrency`` **workers** running the handler; the entry is acked only
   after it returned. Acks and handler starts are batched by an **acker**
   (:mod:`streams.acker`);
-* a **lease renewer**: every ``lease_s / 3`` it resets the idle time of every
-  entry held here (XCLAIM JUSTID, only if still ours), so a long handler keeps
-  its entry while its process lives.
+* a **lease renewer** (:mod:`streams.leases`): every ``lease_s / 3``, so a
+  long handler keeps its entry while its process lives.
 
 ``max_deliveries`` applies to *started* attempts (:mod:`streams.attempts`): an
 entry a worker took but never started is not a failure. Raw deliveries keep a
@@ -42,8 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,14 +48,15 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
-from streams import attempts, outcomes
+from streams import attempts, leases, outcomes
 from streams.acker import Acker
 from streams.attempts import History
+from streams.backoffs import Backoffs
 from streams.capacity import RETRY, Capacity, Reservation
 from streams.envelope import EnvelopeError, decode
 from streams.group import Entry, GroupContext, entries_from_flat
 from streams.loops import cancel, forever, raise_if_cancelling
-from streams.metrics import observe_all, observe_many
+from streams.metrics import BurstMetrics
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
 from streams.spec import Defer, event_context
 
@@ -91,14 +89,7 @@ class Delivery:
     ) -> None:
         self.ctx = ctx
         self._recreate_group = recreate_group
-        # Labelled children resolved once: .labels() per entry costs a lock and a lookup.
-        self._m_processed = ctx.metrics.processed.labels(*ctx.labels)
-        self._m_handler_s = ctx.metrics.handler_s.labels(*ctx.labels)
-        self._m_deliveries = ctx.metrics.deliveries.labels(*ctx.labels)
-        # Counted here per entry, added to the metrics once per burst (_flush_metrics).
-        self._n_processed = 0
-        self._n_first_deliveries = 0
-        self._handler_durations_s: list[float] = []
+        self._metrics = BurstMetrics(ctx.metrics, ctx.labels)
         #: Handled entries, let go with the burst (_flush).
         self._done: list[str] = []
         self._raw_cap = attempts.raw_cap(ctx.max_deliveries)
@@ -109,11 +100,10 @@ class Delivery:
         # Entries this consumer owns: queued, running or waiting for a retry.
         self._held: dict[str, Entry] = {}
         self._running: set[str] = set()
-        self._waiting: list[tuple[float, int, str]] = []  # (due, seq, id): retries
+        self._backoffs = Backoffs()
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         #: Where the pass over our own pending entries goes on; None once done.
         self._own_cursor: str | None = "-"
-        self._seq = itertools.count()
         self._reader: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._keepers: list[asyncio.Task[None]] = []
@@ -149,11 +139,11 @@ class Delivery:
         unstarted = [eid for eid in self._held if eid not in self._running]
         while not self._queue.empty():
             self._queue.get_nowait()
-        self._waiting.clear()
+        self._backoffs.clear()
         self.capacity.owe(RETRY, 0)
         for eid in unstarted:
             self._drop(eid)
-        await self._release(unstarted)
+        await leases.release(self.ctx, unstarted)
         while self._running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         still_running = list(self._running)
@@ -164,18 +154,9 @@ class Delivery:
         # The starts of handlers cut off count: recorded before their entries go back.
         with contextlib.suppress(*REDIS_UNAVAILABLE_ERRORS, ResponseError):
             await asyncio.shield(self.acker.flush())
-        await self._release(still_running)
+        await leases.release(self.ctx, still_running)
         await cancel(self._keepers)
         await asyncio.shield(self.acker.flush())
-
-    async def _release(self, ids: list[str]) -> None:
-        if not ids:
-            return
-        with contextlib.suppress(*REDIS_UNAVAILABLE_ERRORS, ResponseError):
-            await self.ctx.scripts.renew(
-                keys=[self.ctx.keys.stream],
-                args=[self.ctx.spec.group, self.ctx.consumer, int(self.ctx.lease_s * 1000), *ids],
-            )
 
     async def _forever(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         await forever(step, what, stream=self.ctx.keys.stream, group=self.ctx.spec.group,
@@ -286,15 +267,7 @@ class Delivery:
             for eid in done:
                 self._held.pop(eid, None)
             self.capacity.let_go_many(done)
-        if self._handler_durations_s:
-            observe_all(self._m_handler_s, self._handler_durations_s)
-            self._handler_durations_s = []
-        if self._n_processed:
-            self._m_processed.inc(self._n_processed)
-            self._n_processed = 0
-        if self._n_first_deliveries:
-            observe_many(self._m_deliveries, 1, self._n_first_deliveries)
-            self._n_first_deliveries = 0
+        self._metrics.flush()
 
     def _drop(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
@@ -327,27 +300,28 @@ class Delivery:
         event = event_context(spec.stream, spec.group, entry.entry_id, envelope, payload,
                               entry.deliveries, ctx.names, history.attempt,
                               history.last_crashed)
+        metrics = self._metrics
         if entry.deliveries == 1:
-            self._n_first_deliveries += 1
+            metrics.n_first_deliveries += 1
         else:
-            self._m_deliveries.observe(entry.deliveries)
+            metrics.deliveries.observe(entry.deliveries)
         self.acker.started(entry)
         started = time.perf_counter()
         try:
             await spec.handler(event)
         except Defer as defer:
-            self._handler_durations_s.append(time.perf_counter() - started)
+            metrics.handler_durations_s.append(time.perf_counter() - started)
             await asyncio.shield(self._defer(entry, outcomes.defer(
                 ctx, self.acker, entry, defer, envelope.next_attempt(defer.payload_update))))
             return
         except Exception as exc:  # noqa: BLE001 - any handler error is a failed delivery
-            self._handler_durations_s.append(time.perf_counter() - started)
+            metrics.handler_durations_s.append(time.perf_counter() - started)
             ctx.metrics.failed.labels(*ctx.labels).inc()
             await asyncio.shield(self._failed(entry, exc))
             return
         elapsed_s = time.perf_counter() - started
-        self._handler_durations_s.append(elapsed_s)
-        self._n_processed += 1
+        metrics.handler_durations_s.append(elapsed_s)
+        metrics.n_processed += 1
         self.acker.ack(entry)
         self._done.append(entry.entry_id)
         if elapsed_s >= SLOW_HANDLER_S:
@@ -368,7 +342,7 @@ class Delivery:
             self._drop(entry.entry_id)  # claimed by another consumer meanwhile
             return
         due = time.monotonic() + ctx.spec.retry_delay_s(history.started)
-        heapq.heappush(self._waiting, (due, next(self._seq), entry.entry_id))
+        self._backoffs.add(entry.entry_id, due)
         self.capacity.to_waiting(entry.entry_id)
 
     async def _dead_letter(
@@ -387,34 +361,22 @@ class Delivery:
     # --- leases
 
     async def _renew(self) -> None:
-        ctx = self.ctx
-        await asyncio.sleep(ctx.lease_s / 3)
-        ids = list(self._held)
-        for start in range(0, len(ids), 500):
-            lost = await ctx.scripts.renew(
-                keys=[ctx.keys.stream],
-                args=[ctx.spec.group, ctx.consumer, 0, *ids[start:start + 500]],
-            )
-            for eid in lost:
-                # Acked meanwhile (our own ack in flight) or claimed by another consumer.
-                if eid in self._held and eid not in self._running:
-                    self._drop(eid)
+        await asyncio.sleep(self.ctx.lease_s / 3)
+        for eid in await leases.renew(self.ctx, list(self._held)):
+            # Acked meanwhile (our own ack in flight) or claimed by another consumer.
+            if eid in self._held and eid not in self._running:
+                self._drop(eid)
 
     # --- retries
 
     async def retry_due(self, now: float) -> None:
         """Take again, for another delivery, the failed entries whose back-off ended by ``now``
         (as many as there is room for; the rest when there is)."""
-        due: list[tuple[float, int, str]] = []
-        while self._waiting and self._waiting[0][0] <= now:
-            item = heapq.heappop(self._waiting)
-            if self.capacity.is_waiting(item[2]):
-                due.append(item)
+        due = self._backoffs.pop_due(now, self.capacity.is_waiting)
         ctx = self.ctx
         with self.capacity.reserve(len(due), priority=RETRY) as room:
             self.capacity.owe(RETRY, len(due) - room.size)
-            for item in due[room.size:]:
-                heapq.heappush(self._waiting, item)
+            self._backoffs.put_back(due[room.size:])
             ids = [eid for _, _, eid in due[:room.size]]
             if not ids:
                 return
@@ -424,8 +386,7 @@ class Delivery:
                     args=[ctx.spec.group, ctx.consumer, *ids],
                 ))
             except BaseException:
-                for item in due[:room.size]:  # still waiting: try again on the next tick
-                    heapq.heappush(self._waiting, item)
+                self._backoffs.put_back(due[:room.size])  # try again on the next tick
                 raise
             back = {e.entry_id for e in retaken}
             for eid in ids:

@@ -63,6 +63,31 @@ class StreamMetrics:
             self.delayed.labels(*key).set(row.delayed)
 
 
+class BurstMetrics:
+    """The per-entry metrics of one group in this process, counted in plain fields on the
+    hot path and added to the Prometheus children by :meth:`flush`, once per burst (each
+    ``inc``/``observe`` takes a lock; ``labels()`` a lookup too)."""
+
+    def __init__(self, metrics: StreamMetrics, labels: tuple[str, str]) -> None:
+        self.processed = metrics.processed.labels(*labels)
+        self.handler_s = metrics.handler_s.labels(*labels)
+        self.deliveries = metrics.deliveries.labels(*labels)
+        self.n_processed = 0
+        self.n_first_deliveries = 0
+        self.handler_durations_s: list[float] = []
+
+    def flush(self) -> None:
+        if self.handler_durations_s:
+            durations_s, self.handler_durations_s = self.handler_durations_s, []
+            observe_all(self.handler_s, durations_s)
+        if self.n_processed:
+            self.processed.inc(self.n_processed)
+            self.n_processed = 0
+        if self.n_first_deliveries:
+            observe_many(self.deliveries, 1, self.n_first_deliveries)
+            self.n_first_deliveries = 0
+
+
 def observe_many(histogram: Histogram, value: float, n: int) -> None:
     """``n`` observations of one ``value`` at once, at the cost of one (a labelled child).
 
