@@ -4,8 +4,9 @@ An entry holds ``id type v created_ms idem request_id attempt payload`` where
 ``payload`` is one JSON object. :func:`decode` raises :class:`EnvelopeError`
 for anything malformed; the consumer dead-letters such entries. Decoding is on
 every consumer's hot path: orjson parses the payload (the standard library
-takes over for what orjson refuses, e.g. integers past 64 bits or ``NaN``, so
-what decodes is unchanged) and the frozen instance is built through its slots.
+takes over for what orjson refuses, e.g. ``NaN``, and reads again a payload
+with a float, which may be an integer past 64 bits that orjson reads as a
+float; so what decodes is unchanged) and the frozen instance is built through its slots.
 """
 
 from __future__ import annotations
@@ -65,11 +66,27 @@ def encode_member(envelope: Envelope) -> str:
     return json.dumps(flat, separators=(",", ":"))
 
 
+def _has_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is float:
+            return True
+    return False
+
+
 def _loads(text: str) -> Any:
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+    # orjson reads an integer past 64 bits as a float: any float is read again exactly.
+    return json.loads(text) if _has_float(value) else value
 
 
 #: The slot setters of Envelope: a frozen dataclass's ``__init__`` sets each field through
