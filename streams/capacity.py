@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 #: Who asks for room, lowest priority first.
 INTAKE, RECLAIM, RETRY = 0, 1, 2
@@ -47,6 +47,15 @@ class Reservation:
         self._left -= 1
         self._capacity._hold(entry_id)
         return True
+
+    def hold_many(self, entry_ids: Sequence[str]) -> int:
+        """Count ``entry_ids``, none of them in hand yet, in hand in order while this
+        reservation lasts; return how many were (the first ones)."""
+        n = min(len(entry_ids), self._left)
+        if n > 0:
+            self._left -= n
+            self._capacity._hold_many(entry_ids[:n])
+        return max(0, n)
 
     def close(self) -> None:
         """Give back what was not used."""
@@ -149,6 +158,19 @@ class Capacity:
         self._in_hand.discard(entry_id)
         self._waiting.discard(entry_id)
         self._signal()
+
+    def let_go_many(self, entry_ids: Iterable[str]) -> None:
+        """:meth:`let_go` of each of ``entry_ids`` (handled entries, let go once per burst)."""
+        self._in_hand.difference_update(entry_ids)
+        if self._waiting:
+            self._waiting.difference_update(entry_ids)
+        self._signal()
+
+    def _hold_many(self, entry_ids: Sequence[str]) -> None:
+        self._reserved -= len(entry_ids)
+        if self._waiting:
+            self._waiting.difference_update(entry_ids)
+        self._in_hand.update(entry_ids)
 
     def _hold(self, entry_id: str) -> None:
         self._reserved -= 1

@@ -19,25 +19,28 @@ Per group and process there is a fixed set of tasks, no task per message:
 * ``concurrency`` **workers** running the handler; the entry is acked only
   after it returned. Acks and handler starts are batched by an **acker**
   (:mod:`streams.acker`);
-* a **lease renewer**: every ``lease_s / 3`` it resets the idle time of every
-  entry held here (XCLAIM JUSTID, only if still ours), so a long handler keeps
-  its entry while its process lives.
+* a **lease renewer** (:mod:`streams.leases`): every ``lease_s / 3``, so a
+  long handler keeps its entry while its process lives.
 
 ``max_deliveries`` applies to *started* attempts (:mod:`streams.attempts`): an
 entry a worker took but never started is not a failure. Raw deliveries keep a
 hard cap (3 x ``max_deliveries``). A failed entry waits here for its back-off;
 :meth:`Delivery.retry_due` takes it again (housekeeping drives it on its tick).
 Entries reclaimed from dead workers come in through :meth:`Delivery.take`. The
-dead-letter move, a deferral and a failure record are one Lua script each, run
-under ``asyncio.shield``.
+dead-letter move, a deferral and a failure record are one Lua script each
+(:mod:`streams.outcomes`), run under ``asyncio.shield``.
+
+The hot path costs a few microseconds per entry: entries are taken into the
+account a read at a time, workers take queued entries without suspending, and
+handled entries are let go, and their counts and durations added to the
+metrics, once per burst (every :data:`YIELD_EVERY` entries, when the queue runs
+dry, or at once after a handler that took :data:`SLOW_HANDLER_S` or more).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,16 +48,17 @@ from typing import Any
 import structlog
 from redis.exceptions import ResponseError
 
-from streams import attempts
+from streams import attempts, leases, outcomes
 from streams.acker import Acker
 from streams.attempts import History
+from streams.backoffs import Backoffs
 from streams.capacity import RETRY, Capacity, Reservation
-from streams.envelope import Envelope, EnvelopeError, decode, encode_member
+from streams.envelope import EnvelopeError, decode
 from streams.group import Entry, GroupContext, entries_from_flat
-from streams.loops import cancel, forever, raise_if_cancel_was_swallowed
-from streams.metrics import observe_many
+from streams.loops import cancel, forever, raise_if_cancelling
+from streams.metrics import BurstMetrics
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
-from streams.spec import Defer, EventContext
+from streams.spec import Defer, event_context
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +71,8 @@ READ_BATCH = 100
 #: A worker whose handlers do not suspend gives the loop a turn after this many entries,
 #: so the reader's next read and the acker's batch go out while it works through the queue.
 YIELD_EVERY = 32
+#: A handler this slow or slower lets its entry go at once, not with the burst.
+SLOW_HANDLER_S = 0.001
 
 
 def _messages_by_stream(reply: Any) -> list[list[tuple[str, dict[str, str]]]]:
@@ -83,13 +89,9 @@ class Delivery:
     ) -> None:
         self.ctx = ctx
         self._recreate_group = recreate_group
-        # Labelled children resolved once: .labels() per entry costs a lock and a lookup.
-        self._m_processed = ctx.metrics.processed.labels(*ctx.labels)
-        self._m_handler_s = ctx.metrics.handler_s.labels(*ctx.labels)
-        self._m_deliveries = ctx.metrics.deliveries.labels(*ctx.labels)
-        # Counted here per entry, added to the metrics once per burst (_flush_metrics).
-        self._n_processed = 0
-        self._n_first_deliveries = 0
+        self._metrics = BurstMetrics(ctx.metrics, ctx.labels)
+        #: Handled entries, let go with the burst (_flush).
+        self._done: list[str] = []
         self._raw_cap = attempts.raw_cap(ctx.max_deliveries)
         self.capacity = Capacity(ctx.concurrency + ctx.prefetch,
                                  max_waiting=16 * ctx.concurrency)
@@ -98,11 +100,10 @@ class Delivery:
         # Entries this consumer owns: queued, running or waiting for a retry.
         self._held: dict[str, Entry] = {}
         self._running: set[str] = set()
-        self._waiting: list[tuple[float, int, str]] = []  # (due, seq, id): retries
+        self._backoffs = Backoffs()
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         #: Where the pass over our own pending entries goes on; None once done.
         self._own_cursor: str | None = "-"
-        self._seq = itertools.count()
         self._reader: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self._keepers: list[asyncio.Task[None]] = []
@@ -133,37 +134,29 @@ class Delivery:
         Call after :meth:`stop_intake` and once nothing else calls :meth:`take` or
         :meth:`retry_due`: entries arriving later would be neither run nor released.
         """
+        self._flush()
         # Entries not started yet go back to the group at once (idle = lease).
         unstarted = [eid for eid in self._held if eid not in self._running]
         while not self._queue.empty():
             self._queue.get_nowait()
-        self._waiting.clear()
+        self._backoffs.clear()
         self.capacity.owe(RETRY, 0)
         for eid in unstarted:
             self._drop(eid)
-        await self._release(unstarted)
+        await leases.release(self.ctx, unstarted)
         while self._running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         still_running = list(self._running)
         await cancel(self._workers)
-        self._flush_metrics()
+        self._flush()
         for eid in still_running:
             self._drop(eid)
         # The starts of handlers cut off count: recorded before their entries go back.
         with contextlib.suppress(*REDIS_UNAVAILABLE_ERRORS, ResponseError):
             await asyncio.shield(self.acker.flush())
-        await self._release(still_running)
+        await leases.release(self.ctx, still_running)
         await cancel(self._keepers)
         await asyncio.shield(self.acker.flush())
-
-    async def _release(self, ids: list[str]) -> None:
-        if not ids:
-            return
-        with contextlib.suppress(*REDIS_UNAVAILABLE_ERRORS, ResponseError):
-            await self.ctx.scripts.renew(
-                keys=[self.ctx.keys.stream],
-                args=[self.ctx.spec.group, self.ctx.consumer, int(self.ctx.lease_s * 1000), *ids],
-            )
 
     async def _forever(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         await forever(step, what, stream=self.ctx.keys.stream, group=self.ctx.spec.group,
@@ -178,19 +171,19 @@ class Delivery:
     def take(self, entries: list[Entry], room: Reservation) -> list[Entry]:
         """Queue ``entries`` for the workers against ``room``; return those taken (not held
         here already)."""
-        taken = []
-        for entry in entries:
-            if entry.entry_id in self._held:
-                continue
-            if not room.hold(entry.entry_id):
-                # More than was asked for: left unrenewed, it returns to the group after
-                # the lease rather than break the bound.
-                log.warning("stream_entry_over_reservation", stream=self.ctx.keys.stream,
-                            group=self.ctx.spec.group, entry_id=entry.entry_id)
-                continue
-            self._held[entry.entry_id] = entry
-            self._queue.put_nowait(entry)
-            taken.append(entry)
+        held, queue = self._held, self._queue
+        fresh = [entry for entry in entries if entry.entry_id not in held]
+        # Entries in hand are all held, so none of these is.
+        n = room.hold_many([entry.entry_id for entry in fresh])
+        for entry in fresh[n:]:
+            # More than was asked for: left unrenewed, it returns to the group after
+            # the lease rather than break the bound.
+            log.warning("stream_entry_over_reservation", stream=self.ctx.keys.stream,
+                        group=self.ctx.spec.group, entry_id=entry.entry_id)
+        taken = fresh[:n]
+        for entry in taken:
+            held[entry.entry_id] = entry
+            queue.put_nowait(entry)
         return taken
 
     async def _read(self) -> None:
@@ -206,8 +199,9 @@ class Delivery:
                 self.take(entries_from_flat(mine), room)
             self._own_cursor = f"({last}" if last else None
         idle = True
+        task = asyncio.current_task()
         while True:
-            raise_if_cancel_was_swallowed()
+            raise_if_cancelling(task)
             # Entries flowing: wait for room for a worthwhile batch, unless the workers
             # would otherwise run dry.
             await self.capacity.wait_for_space(
@@ -226,26 +220,30 @@ class Delivery:
         got = False
         for messages in _messages_by_stream(reply):
             got = got or bool(messages)
-            self.take([Entry(eid, fields, 1) for eid, fields in messages if fields], room)
+            entries = [Entry(eid, fields, 1) for eid, fields in messages if fields]
+            self.take(entries, room)
         return got
 
     # --- handling
 
     async def _work(self) -> None:
         queue, held, running = self._queue, self._held, self._running
+        task = asyncio.current_task()
         since_yield = 0
         while True:
-            raise_if_cancel_was_swallowed()
+            raise_if_cancelling(task)
             if queue.empty():
-                self._flush_metrics()
+                self._flush()
                 self.capacity.nudge()  # the reader may read a smaller batch now
                 since_yield = 0
+                entry = await queue.get()
             elif since_yield >= YIELD_EVERY:
-                self._flush_metrics()
+                self._flush()
                 since_yield = 0
                 await asyncio.sleep(0)
                 continue
-            entry = await queue.get()
+            else:
+                entry = queue.get_nowait()
             since_yield += 1
             if entry.entry_id not in held:  # lost meanwhile
                 continue
@@ -262,20 +260,21 @@ class Delivery:
             finally:
                 running.discard(entry.entry_id)
 
-    def _flush_metrics(self) -> None:
-        if self._n_processed:
-            self._m_processed.inc(self._n_processed)
-            self._n_processed = 0
-        if self._n_first_deliveries:
-            observe_many(self._m_deliveries, 1, self._n_first_deliveries)
-            self._n_first_deliveries = 0
+    def _flush(self) -> None:
+        """Let go of the handled entries; add their counts and durations to the metrics."""
+        if self._done:
+            done, self._done = self._done, []
+            for eid in done:
+                self._held.pop(eid, None)
+            self.capacity.let_go_many(done)
+        self._metrics.flush()
 
     def _drop(self, entry_id: str) -> None:
         self._held.pop(entry_id, None)
         self.capacity.let_go(entry_id)
 
     async def _process(self, entry: Entry) -> None:
-        ctx, m, history = self.ctx, self.ctx.metrics, entry.history
+        ctx, history = self.ctx, entry.history
         if history.started >= ctx.max_deliveries:
             reason, append_error = attempts.exhausted_reason(history)
             await self._dead_letter(entry, reason, append_last_error=append_error)
@@ -288,7 +287,8 @@ class Delivery:
         except EnvelopeError as exc:
             await self._dead_letter(entry, f"bad envelope: {exc}")
             return
-        parser = ctx.spec.parser_for(envelope.type)
+        spec = ctx.spec
+        parser = spec.parser_for(envelope.type)
         if parser is None:
             await self._dead_letter(entry, f"unknown event type {envelope.type!r}")
             return
@@ -297,33 +297,35 @@ class Delivery:
         except (ValueError, TypeError, KeyError) as exc:
             await self._dead_letter(entry, f"bad payload for {envelope.type!r}: {exc!r}")
             return
-        event = EventContext(
-            stream=ctx.spec.stream, group=ctx.spec.group, entry_id=entry.entry_id,
-            envelope=envelope, payload=payload, deliveries=entry.deliveries, names=ctx.names,
-            attempts=history.attempt, reclaimed_after_crash=history.last_crashed,
-        )
+        event = event_context(spec.stream, spec.group, entry.entry_id, envelope, payload,
+                              entry.deliveries, ctx.names, history.attempt,
+                              history.last_crashed)
+        metrics = self._metrics
         if entry.deliveries == 1:
-            self._n_first_deliveries += 1
+            metrics.n_first_deliveries += 1
         else:
-            self._m_deliveries.observe(entry.deliveries)
+            metrics.deliveries.observe(entry.deliveries)
         self.acker.started(entry)
         started = time.perf_counter()
         try:
-            await ctx.spec.handler(event)
+            await spec.handler(event)
         except Defer as defer:
-            self._m_handler_s.observe(time.perf_counter() - started)
-            await asyncio.shield(self._defer(entry, defer, envelope.next_attempt(
-                defer.payload_update)))
+            metrics.handler_durations_s.append(time.perf_counter() - started)
+            await asyncio.shield(self._defer(entry, outcomes.defer(
+                ctx, self.acker, entry, defer, envelope.next_attempt(defer.payload_update))))
             return
         except Exception as exc:  # noqa: BLE001 - any handler error is a failed delivery
-            self._m_handler_s.observe(time.perf_counter() - started)
-            m.failed.labels(*ctx.labels).inc()
+            metrics.handler_durations_s.append(time.perf_counter() - started)
+            ctx.metrics.failed.labels(*ctx.labels).inc()
             await asyncio.shield(self._failed(entry, exc))
             return
-        self._m_handler_s.observe(time.perf_counter() - started)
-        self._n_processed += 1
+        elapsed_s = time.perf_counter() - started
+        metrics.handler_durations_s.append(elapsed_s)
+        metrics.n_processed += 1
         self.acker.ack(entry)
-        self._drop(entry.entry_id)
+        self._done.append(entry.entry_id)
+        if elapsed_s >= SLOW_HANDLER_S:
+            self._flush()
 
     async def _failed(self, entry: Entry, exc: Exception) -> None:
         ctx = self.ctx
@@ -332,87 +334,49 @@ class Delivery:
         log.warning("stream_handler_failed", stream=ctx.keys.stream, group=ctx.spec.group,
                     entry_id=entry.entry_id, deliveries=entry.deliveries,
                     attempts=history.started, error=error)
-        await self.acker.settle(entry.entry_id)
         if history.started >= ctx.max_deliveries:
             await self._dead_letter(entry, attempts.failed_reason(history, error),
                                     history=history, last_error=error)
             return
-        field = ctx.error_field(entry.entry_id)
-        recorded = await ctx.scripts.failed(
-            keys=[ctx.keys.stream, ctx.keys.errors, ctx.keys.attempts],
-            args=[ctx.spec.group, entry.entry_id, ctx.consumer, field, error, history.encode()],
-        )
-        if not recorded:  # claimed by another consumer meanwhile
-            self._drop(entry.entry_id)
+        if not await outcomes.record_failure(ctx, self.acker, entry, history, error):
+            self._drop(entry.entry_id)  # claimed by another consumer meanwhile
             return
         due = time.monotonic() + ctx.spec.retry_delay_s(history.started)
-        heapq.heappush(self._waiting, (due, next(self._seq), entry.entry_id))
+        self._backoffs.add(entry.entry_id, due)
         self.capacity.to_waiting(entry.entry_id)
 
     async def _dead_letter(
         self, entry: Entry, reason: str, *, history: History | None = None,
         last_error: str = "", append_last_error: bool = False,
     ) -> None:
-        ctx = self.ctx
-        started = (history or entry.history).started
-        await self.acker.settle(entry.entry_id)
-        moved = await ctx.scripts.deadletter(
-            keys=[ctx.keys.stream, ctx.keys.dead, ctx.keys.errors, ctx.keys.attempts],
-            args=[ctx.spec.group, entry.entry_id, ctx.consumer, reason,
-                  ctx.config.max_len, ctx.error_field(entry.entry_id), started, last_error,
-                  "1" if append_last_error else ""],
-        )
-        if moved:
-            ctx.metrics.dead_lettered.labels(*ctx.labels).inc()
-            log.warning("stream_dead_lettered", stream=ctx.keys.stream, group=ctx.spec.group,
-                        entry_id=entry.entry_id, deliveries=entry.deliveries,
-                        attempts=started, reason=reason)
+        await outcomes.dead_letter(
+            self.ctx, self.acker, entry, reason, started=(history or entry.history).started,
+            last_error=last_error, append_last_error=append_last_error)
         self._drop(entry.entry_id)
 
-    async def _defer(self, entry: Entry, defer: Defer, envelope: Envelope) -> None:
-        ctx = self.ctx
-        await self.acker.settle(entry.entry_id)
-        done = await ctx.scripts.defer(
-            keys=[ctx.keys.stream, ctx.keys.delayed, ctx.keys.errors, ctx.keys.attempts],
-            args=[ctx.spec.group, entry.entry_id, ctx.consumer,
-                  max(0, int(defer.delay_s * 1000)), encode_member(envelope),
-                  ctx.error_field(entry.entry_id)],
-        )
-        if done:
-            ctx.metrics.deferred.labels(*ctx.labels).inc()
+    async def _defer(self, entry: Entry, deferred: Awaitable[None]) -> None:
+        await deferred
         self._drop(entry.entry_id)
 
     # --- leases
 
     async def _renew(self) -> None:
-        ctx = self.ctx
-        await asyncio.sleep(ctx.lease_s / 3)
-        ids = list(self._held)
-        for start in range(0, len(ids), 500):
-            lost = await ctx.scripts.renew(
-                keys=[ctx.keys.stream],
-                args=[ctx.spec.group, ctx.consumer, 0, *ids[start:start + 500]],
-            )
-            for eid in lost:
-                # Acked meanwhile (our own ack in flight) or claimed by another consumer.
-                if eid in self._held and eid not in self._running:
-                    self._drop(eid)
+        await asyncio.sleep(self.ctx.lease_s / 3)
+        for eid in await leases.renew(self.ctx, list(self._held)):
+            # Acked meanwhile (our own ack in flight) or claimed by another consumer.
+            if eid in self._held and eid not in self._running:
+                self._drop(eid)
 
     # --- retries
 
     async def retry_due(self, now: float) -> None:
         """Take again, for another delivery, the failed entries whose back-off ended by ``now``
         (as many as there is room for; the rest when there is)."""
-        due: list[tuple[float, int, str]] = []
-        while self._waiting and self._waiting[0][0] <= now:
-            item = heapq.heappop(self._waiting)
-            if self.capacity.is_waiting(item[2]):
-                due.append(item)
+        due = self._backoffs.pop_due(now, self.capacity.is_waiting)
         ctx = self.ctx
         with self.capacity.reserve(len(due), priority=RETRY) as room:
             self.capacity.owe(RETRY, len(due) - room.size)
-            for item in due[room.size:]:
-                heapq.heappush(self._waiting, item)
+            self._backoffs.put_back(due[room.size:])
             ids = [eid for _, _, eid in due[:room.size]]
             if not ids:
                 return
@@ -422,8 +386,7 @@ class Delivery:
                     args=[ctx.spec.group, ctx.consumer, *ids],
                 ))
             except BaseException:
-                for item in due[:room.size]:  # still waiting: try again on the next tick
-                    heapq.heappush(self._waiting, item)
+                self._backoffs.put_back(due[:room.size])  # try again on the next tick
                 raise
             back = {e.entry_id for e in retaken}
             for eid in ids:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from redis.exceptions import ResponseError
@@ -32,7 +33,12 @@ def raise_if_cancel_was_swallowed() -> None:
     """Raise ``CancelledError`` if this task was cancelled and a callee swallowed it; loops
     that never return to :func:`forever` call it each round, or one swallowed cancellation
     (CPython gh-86296, through redis-py's ``wait_for``) would keep them running for good."""
-    task = asyncio.current_task()
+    raise_if_cancelling(asyncio.current_task())
+
+
+def raise_if_cancelling(task: asyncio.Task[Any] | None) -> None:
+    """:func:`raise_if_cancel_was_swallowed` with the current task looked up once (a hot
+    loop's: ``asyncio.current_task`` costs more than the check)."""
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 

@@ -99,6 +99,31 @@ class EventContext:
         raise Defer(delay_s, payload_update)
 
 
+(_SET_STREAM, _SET_GROUP, _SET_ENTRY_ID, _SET_ENVELOPE, _SET_PAYLOAD, _SET_DELIVERIES,
+ _SET_NAMES, _SET_ATTEMPTS, _SET_RECLAIMED) = (getattr(EventContext, name).__set__ for name in (
+    "stream", "group", "entry_id", "envelope", "payload", "deliveries", "names", "attempts",
+    "reclaimed_after_crash"))
+
+
+def event_context(
+    stream: str, group: str, entry_id: str, envelope: Envelope, payload: Any, deliveries: int,
+    names: StreamNames, attempts: int, reclaimed_after_crash: bool,
+) -> EventContext:
+    """``EventContext(...)`` at half the cost, for the consumer's hot path: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``."""
+    event = object.__new__(EventContext)
+    _SET_STREAM(event, stream)
+    _SET_GROUP(event, group)
+    _SET_ENTRY_ID(event, entry_id)
+    _SET_ENVELOPE(event, envelope)
+    _SET_PAYLOAD(event, payload)
+    _SET_DELIVERIES(event, deliveries)
+    _SET_NAMES(event, names)
+    _SET_ATTEMPTS(event, attempts)
+    _SET_RECLAIMED(event, reclaimed_after_crash)
+    return event
+
+
 Handler = Callable[[EventContext], Awaitable[None]]
 
 

@@ -260,6 +260,7 @@ async def test_reader_and_reclaim_together_never_hold_more_than_concurrency_plus
         total = await wait_until(taken_by_c1, until=lambda n: n >= bound, timeout_s=DEADLINE_S)
         assert total == bound
         assert delivery.held_count() == bound
+        peak = max(peak, delivery.held_count())  # the sampler may not have woken meanwhile
         assert await pending_of(r, keys.stream, "llm", "c1") == bound
         release.set()
         await wait_until(lambda: len(started) == len(stranded) + len(new), timeout_s=DEADLINE_S)

@@ -4,6 +4,7 @@ facing an unreachable Redis (``streams.names``, ``streams.envelope``, ``streams.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 from streams_support import read_stream
@@ -40,6 +41,23 @@ def test_envelope_round_trips_through_flat_fields() -> None:
     with pytest.raises(EnvelopeError):
         decode({"type": "x"})
 
+
+
+def test_a_payload_decodes_as_the_standard_library_reads_it_also_where_orjson_refuses() -> None:
+    """The consumer parses payloads with orjson; what it refuses (NaN) or would read
+    otherwise (an integer past 64 bits becomes a float) decodes as ``json.loads`` reads it.
+    An envelope without ``idem`` keys on its id."""
+    fields = Envelope(type="t", payload={}).fields()
+    big = decode({**fields, "payload": '{"n": 123456789012345678901234567890}'})
+    assert big.payload["n"] == 123456789012345678901234567890
+    assert isinstance(big.payload["n"], int)
+    assert math.isnan(decode({**fields, "payload": '{"x": NaN}'}).payload["x"])
+    assert decode({**fields, "payload": '{"n": -9223372036854775808}'}).payload["n"] == -2**63
+    assert decode({**fields, "idem": ""}).idem == fields["id"]
+    with pytest.raises(EnvelopeError):
+        decode({**fields, "payload": "{not json"})
+    with pytest.raises(EnvelopeError):
+        decode({**fields, "v": "one"})
 
 async def test_publish_raises_when_redis_is_unreachable(
     stream_settings: Settings, streams_config: StreamsConfig

@@ -17,6 +17,7 @@ from devstack.servers import RedisServer
 from storage.redis_client import RedisClient, open_redis
 from streams.config import StreamsConfig
 from streams.envelope import Envelope
+from streams.metrics import StreamMetrics, observe_all
 from streams.names import StreamNames
 from streams.publisher import Publisher
 from streams.redis_types import REDIS_UNAVAILABLE_ERRORS
@@ -84,6 +85,28 @@ async def test_metrics_count_what_the_runtime_did(
     finally:
         await runtime.stop(1)
 
+
+
+def test_durations_observed_per_burst_count_as_one_observe_each() -> None:
+    """The runtime adds a burst's handler durations to the histogram at once: every bucket,
+    the count and the sum as one ``observe`` per duration would leave them."""
+    durations_s = [0.0, 0.0004, 0.001, 0.003, 0.001, 0.7, 60.0, 61.0, 400.0, 0.05]
+    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
+    for registry in (one_by_one, at_once):
+        histogram = StreamMetrics(registry).handler_s.labels("llm", "llm")
+        if registry is one_by_one:
+            for duration_s in durations_s:
+                histogram.observe(duration_s)
+        else:
+            observe_all(histogram, durations_s)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value for m in registry.collect()
+                for s in m.samples if m.name == "echo_stream_handler_duration_seconds"
+                and not s.name.endswith("_created")}
+
+    assert samples(at_once) == pytest.approx(samples(one_by_one))
+    assert samples(at_once)[("echo_stream_handler_duration_seconds_count", "")] == 10
 
 @pytest.mark.slow
 async def test_consumers_survive_a_redis_outage_and_recover_on_their_own(
