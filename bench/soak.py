@@ -19,7 +19,8 @@ On a private Redis and SeaweedFS (``devstack``), with real processes:
    publishes ``chunk.uploaded``. RSS after 5,000 events is the baseline; after 50,000
    within 20 %.
 
-Prints a table; :func:`soak_rows` returns its rows ``(name, figure, baseline, ratio,
+The stack and the helpers that drive it are in ``bench/soak_stack.py``. Prints a
+table; :func:`soak_rows` returns its rows ``(name, figure, baseline, ratio,
 target)`` for ``bench/run``. Exit status 1 when a target is missed.
 
     .venv/bin/python bench/soak.py [--requests 100000] [--events 50000] [--quick]
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -38,33 +38,23 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from emulators.openai_audio import OpenAIAudioEmulator
 from prometheus_client.parser import text_string_to_metric_families
+from soak_stack import ADMIN_TOKEN, BUCKET, Stack, bounded, call, rss_mib, until
 
-from config import Settings
-from devstack.servers import RedisServer, SeaweedServer, free_port
 from events import catalogue as events
 from events.catalogue import ChunkUpload
 from gateway.wiring import publisher_for
 from storage.conversations import ConversationStore
 from storage.redis_client import RedisClient, open_redis
-from storage.s3_client import ensure_bucket, open_s3
+from storage.s3_client import open_s3
 
-ADMIN_TOKEN = "soak-admin-token"
 HOST = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 P = "/api/participant"
-BUCKET = "soak-audio"
 RSS_TARGET = 1.20
 WEBM = bytes.fromhex("1a45dfa39f4286810142f7810142f2810442f381084282847765626d") + bytes(64)
 
@@ -120,135 +110,6 @@ class Row(NamedTuple):
     target: str
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-class Stack:
-    """Private Redis and S3, the speech emulator, and the processes started on them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.redis = RedisServer(root / "redis")
-        self.s3 = SeaweedServer(root / "s3")
-        self.speech = OpenAIAudioEmulator(api_key="sk-soak", responder=lambda _: "words")
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-            "REDIS_URL": self.redis.url, "S3_ENDPOINT_URL": self.s3.endpoint_url,
-            "S3_BUCKET": BUCKET, "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key, "ADMIN_TOKEN": ADMIN_TOKEN,
-            "TRANSCRIBER": "openai", "TRANSCRIBER_URL": self.speech.base_url,
-            "TRANSCRIBER_API_KEY": "sk-soak", "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
-            "INITIATE_LIMIT_PER_WINDOW": "1000000", "UPLOAD_CONFIRM_WAIT_S": "0.3",
-            # More handlers in flight per group than the default 8: the worker's phase is
-            # then bound by the machine, not by S3's round trips.
-            "STREAM_CONCURRENCY": "32",
-            **extra,
-        }
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env())
-
-    async def start(self, stack: AsyncExitStack) -> None:
-        await stack.enter_async_context(self.redis)
-        await stack.enter_async_context(self.s3)
-        await self.speech.start()
-        stack.push_async_callback(self.speech.close)
-        stack.push_async_callback(self.stop_all)
-        async with open_s3(self.settings) as s3:
-            await ensure_bucket(s3, BUCKET)
-
-    def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
-        with (self.root / log).open("ab") as out:
-            # Started between measurements, never while one runs.
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=self.env(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
-        self.procs.append(proc)
-        return proc
-
-    async def serve(self) -> tuple[str, subprocess.Popen[bytes]]:
-        port = free_port()
-        proc = self.spawn("serve", "--host", "127.0.0.1", "--port", str(port), log="gateway.log")
-        base = f"http://127.0.0.1:{port}"
-        await _wait_ok(base + "/healthz", proc)
-        return base, proc
-
-    async def worker(self, *groups: str) -> tuple[str, subprocess.Popen[bytes]]:
-        """A worker of ``groups`` (every group if none)."""
-        port = free_port()
-        args = ["worker", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
-        for group in groups:
-            args += ["--group", group]
-        proc = self.spawn(*args, log="worker.log")
-        base = f"http://127.0.0.1:{port}"
-        await _wait_ok(base + "/readyz", proc)
-        return base, proc
-
-    async def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 20)
-            except TimeoutError:
-                proc.kill()
-                proc.wait()
-
-    async def stop_all(self) -> None:
-        for proc in self.procs:
-            await self.stop(proc)
-
-
-async def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(int(timeout_s * 5)):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} never answered 200")
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s * 4)):
-        if await check():
-            return
-        await asyncio.sleep(0.25)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-async def _bounded(n: int, make: Callable[[int], Awaitable[Any]], limit: int = 32) -> list[Any]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(i: int) -> Any:
-        async with sem:
-            return await make(i)
-
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
-
-async def _call(http: aiohttp.ClientSession, method: str, url: str, ok: int = 200,
-                **kw: Any) -> Any:
-    async with http.request(method, url, **kw) as resp:
-        body = await resp.json(content_type=None)
-        if resp.status != ok:
-            raise RuntimeError(f"{method} {url}: {resp.status} {body}")
-        return body
-
-
 async def _used_memory(redis: RedisClient) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
@@ -271,11 +132,11 @@ async def _own_keys_bytes(redis: RedisClient, cids: list[str]) -> float:
 
 async def _portal_conversation(http: aiohttp.ClientSession, base: str, pid: str,
                                chunks: int) -> str:
-    conv = await _call(http, "POST", f"{base}{P}/projects/{pid}/conversations/initiate",
+    conv = await call(http, "POST", f"{base}{P}/projects/{pid}/conversations/initiate",
                        json={"name": "Soak", "tag_id_list": []})
     cid = str(conv["id"])
     for k in range(chunks):
-        grant = await _call(http, "POST", f"{base}{P}/conversations/{cid}/get-upload-url",
+        grant = await call(http, "POST", f"{base}{P}/conversations/{cid}/get-upload-url",
                             json={"filename": f"c{k}.webm", "content_type": "audio/webm"})
         form = aiohttp.FormData()
         for name, value in grant["fields"].items():
@@ -290,7 +151,7 @@ async def _portal_conversation(http: aiohttp.ClientSession, base: str, pid: str,
         }) as resp:
             if resp.status not in (200, 202):
                 raise RuntimeError(f"confirm: {resp.status}")
-    await _call(http, "POST", f"{base}{P}/conversations/{cid}/finish")
+    await call(http, "POST", f"{base}{P}/conversations/{cid}/finish")
     return cid
 
 
@@ -298,18 +159,18 @@ async def redis_memory_rows(stack: Stack, idle: int, finalized: int, chunks: int
     base, gateway = await stack.serve()
     _, worker = await stack.worker()
     async with open_redis(stack.settings) as redis, aiohttp.ClientSession() as http:
-        project = await _call(http, "POST", f"{base}/api/host/projects", ok=201, headers=HOST,
+        project = await call(http, "POST", f"{base}/api/host/projects", ok=201, headers=HOST,
                               json={"name": "memory", "language": "en"})
         pid = project["id"]
         before = await _used_memory(redis)
-        idle_convs = await _bounded(idle, lambda _: _call(
+        idle_convs = await bounded(idle, lambda _: call(
             http, "POST", f"{base}{P}/projects/{pid}/conversations/initiate",
             json={"name": "Idle", "tag_id_list": []}))
         per_idle = (await _used_memory(redis) - before) / idle
         own_idle = await _own_keys_bytes(redis, [str(c["id"]) for c in idle_convs[:50]])
 
         before, streams_before = await _used_memory(redis), await _streams_memory(redis)
-        cids = await _bounded(finalized, lambda _: _portal_conversation(http, base, pid, chunks),
+        cids = await bounded(finalized, lambda _: _portal_conversation(http, base, pid, chunks),
                               limit=8)
         store = ConversationStore(redis)
 
@@ -317,7 +178,7 @@ async def redis_memory_rows(stack: Stack, idle: int, finalized: int, chunks: int
             convs = [await store.get_conversation(c) for c in cids]
             return all(c and c["finalized_at"] and c["summary"] for c in convs)
 
-        await _until(all_summarized, 600, "every conversation finalized and summarized")
+        await until(all_summarized, 600, "every conversation finalized and summarized")
         per_final = (await _used_memory(redis) - before) / finalized
         own_final = await _own_keys_bytes(redis, cids[:50])
         streams_share = (await _streams_memory(redis) - streams_before) / finalized
@@ -357,7 +218,7 @@ async def _wrk(base: str, script: Path, connections: int, until: float) -> None:
                     raise RuntimeError(f"wrk exited with {proc.returncode}")
                 return await _requests_answered(http, base) >= until
 
-            await _until(answered, 900, f"{until:,.0f} requests answered")
+            await until(answered, 900, f"{until:,.0f} requests answered")
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.to_thread(proc.wait)
@@ -367,9 +228,9 @@ async def gateway_rss_rows(stack: Stack, requests: int, conversations: int,
                            connections: int) -> list[Row]:
     base, gateway = await stack.serve()
     async with aiohttp.ClientSession() as http:
-        project = await _call(http, "POST", f"{base}/api/host/projects", ok=201, headers=HOST,
+        project = await call(http, "POST", f"{base}/api/host/projects", ok=201, headers=HOST,
                               json={"name": "soak", "language": "en"})
-        ids = await _bounded(conversations, lambda _: _call(
+        ids = await bounded(conversations, lambda _: call(
             http, "POST", f"{base}{P}/projects/{project['id']}/conversations/initiate",
             json={"name": "Soak", "tag_id_list": []}))
     ids_file = stack.root / "ids.txt"
@@ -416,7 +277,7 @@ async def worker_rss_rows(stack: Stack, events_total: int, conversations: int = 
         # One object per conversation, named by every chunk of it: the handler's HEAD, state
         # change and event are the same as with one object each, without 50,000 uploads.
         keys = {cid: f"conversation/{cid}/chunks/shared.webm" for cid in convs}
-        await _bounded(conversations, lambda i: s3.put_object(
+        await bounded(conversations, lambda i: s3.put_object(
             Bucket=BUCKET, Key=keys[convs[i]], Body=WEBM, ContentType="audio/webm"))
 
         async def seed(i: int) -> None:
@@ -430,13 +291,13 @@ async def worker_rss_rows(stack: Stack, events_total: int, conversations: int = 
 
         done = 0
         for count in (baseline_events, events_total - baseline_events):
-            await _bounded(count, lambda i, start=done: seed(start + i))
+            await bounded(count, lambda i, start=done: seed(start + i))
             done += count
 
             async def handled(target: int = done) -> bool:
                 return await _processed(http, base + "/metrics", group) >= target
 
-            await _until(handled, 900, f"{done} events handled")
+            await until(handled, 900, f"{done} events handled")
             measured.append(rss_mib(worker.pid))
     await stack.stop(worker)
     baseline, after = measured

@@ -1,7 +1,7 @@
 """The streams runtime under churn (issue #14), against a real Redis: workers that die with
 entries taken but not started, handlers that fail, workers killed mid-handler, the bound on
-entries held while the reader and the reclaim both take, and the backlog's lag after a
-Redis restart.
+entries held while the reader and the reclaim both take. (The backlog's lag after a Redis
+restart is in test_streams_housekeeping.py.)
 
 A crash is emulated in-process by cancelling every task of a runtime where it stands (no
 drain, no release, no final flush: what kill -9 leaves behind); test_streams_processes.py
@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 from streams_support import crashable, pending, running
 from waiting import wait_until
 
 from config import Settings
-from devstack.servers import RedisServer
-from storage.redis_client import RedisClient, open_redis
-from streams.backlog import backlog_rows, format_rows
+from storage.redis_client import RedisClient
 from streams.config import StreamsConfig
 from streams.envelope import Envelope
-from streams.metrics import StreamMetrics
 from streams.names import StreamNames
 from streams.publisher import Publisher
 from streams.spec import EventContext, GroupSpec
@@ -268,59 +263,6 @@ async def test_reader_and_reclaim_together_never_hold_more_than_concurrency_plus
         sampler.cancel()
     assert sorted(started) == sorted(stranded + new)
     assert peak == bound
-
-
-async def test_backlog_counts_the_lag_when_redis_reports_none(
-    r: RedisClient, names: StreamNames, publisher: Publisher
-) -> None:
-    """After XGROUP SETID without ENTRIESREAD to an id inside the stream, Redis 7.0 reports
-    the lag as nil (as after a restart): the backlog counts it, the gauges use it."""
-    keys = names.keys("llm")
-    await r.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
-    ids = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(10)])
-    await r.xgroup_setid(keys.stream, "llm", ids[2])
-    [group] = await r.xinfo_groups(keys.stream)
-    assert group["lag"] is None  # what Redis says; the fallback below is what we report
-    [row] = [row for row in await backlog_rows(r, names, ["llm"])]
-    assert (row.lag, row.lag_source) == (7, "counted")
-    registry = CollectorRegistry()
-    StreamMetrics(registry).refresh([row])
-    assert registry.get_sample_value(
-        "echo_stream_lag", {"stream": "llm", "group": "llm"}) == 7
-    [capped] = await backlog_rows(r, names, ["llm"], lag_count_cap=5)
-    assert (capped.lag, capped.lag_source) == (5, "capped")
-    assert format_rows([capped]).splitlines()[1].split()[3] == ">=5"
-    [exact] = await backlog_rows(r, names, ["llm"], lag_count_cap=7)
-    assert (exact.lag, exact.lag_source) == (7, "counted")
-
-
-@pytest.mark.slow
-async def test_backlog_lag_after_a_real_redis_restart(
-    tmp_path: Path, stream_settings: Settings, streams_config: StreamsConfig
-) -> None:
-    server = RedisServer(tmp_path / "redis", persistent=True,
-                         extra_args=("--appendfsync", "always"))
-    await server.start()
-    try:
-        settings = stream_settings.replace(redis_url=server.url)
-        names = StreamNames(streams_config.key_prefix)
-        keys = names.keys("llm")
-        async with open_redis(settings) as client:
-            await client.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
-            await Publisher.from_config(client, streams_config).publish_many(
-                "llm", [Envelope("e", {}) for _ in range(10)])
-            await client.xreadgroup("llm", "c", {keys.stream: ">"}, count=3)
-            [before] = await backlog_rows(client, names, ["llm"])
-            assert (before.lag, before.lag_source) == (7, "redis")
-        server.kill()
-        await server.start()
-        async with open_redis(settings) as client:
-            [group] = await client.xinfo_groups(keys.stream)
-            assert group["lag"] is None
-            [after] = await backlog_rows(client, names, ["llm"])
-            assert (after.lag, after.lag_source, after.pending) == (7, "counted", 3)
-    finally:
-        server.stop()
 
 
 async def test_failed_entries_are_retried_even_when_the_waiting_cap_stops_the_intake(

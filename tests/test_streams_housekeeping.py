@@ -1,19 +1,26 @@
 """Housekeeping of a group against a real Redis: due deferrals move back into the stream,
 retention trims only what every group is done with, dead consumers are reaped, and the
-backlog report (``streams.housekeeping``, ``streams.retention``, ``streams.backlog``)."""
+backlog report, its lag counted where Redis reports none (as after a restart)
+(``streams.housekeeping``, ``streams.retention``, ``streams.backlog``)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+from prometheus_client import CollectorRegistry
 from streams_support import DEADLINE_S, read_group, read_stream, running, wait_all_acked
 from waiting import wait_until
 
+from config import Settings
+from devstack.servers import RedisServer
 from events.catalogue import STREAMS
-from storage.redis_client import RedisClient
+from storage.redis_client import RedisClient, open_redis
 from streams.backlog import backlog_rows, format_rows
 from streams.config import StreamsConfig
 from streams.envelope import Envelope
+from streams.metrics import StreamMetrics
 from streams.names import StreamNames
 from streams.publisher import Publisher
 from streams.retention import trim
@@ -114,3 +121,56 @@ async def test_backlog_reports_each_stream_and_group(
     assert text.splitlines()[0].split() == ["stream", "group", "length", "lag", "pending",
                                             "oldest_s", "consumers", "dead", "delayed"]
     assert json.loads(format_rows(rows, as_json=True))[0]["stream"] == "uploads"
+
+
+async def test_backlog_counts_the_lag_when_redis_reports_none(
+    r: RedisClient, names: StreamNames, publisher: Publisher
+) -> None:
+    """After XGROUP SETID without ENTRIESREAD to an id inside the stream, Redis 7.0 reports
+    the lag as nil (as after a restart): the backlog counts it, the gauges use it."""
+    keys = names.keys("llm")
+    await r.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
+    ids = await publisher.publish_many("llm", [Envelope("e", {}) for _ in range(10)])
+    await r.xgroup_setid(keys.stream, "llm", ids[2])
+    [group] = await r.xinfo_groups(keys.stream)
+    assert group["lag"] is None  # what Redis says; the fallback below is what we report
+    [row] = [row for row in await backlog_rows(r, names, ["llm"])]
+    assert (row.lag, row.lag_source) == (7, "counted")
+    registry = CollectorRegistry()
+    StreamMetrics(registry).refresh([row])
+    assert registry.get_sample_value(
+        "echo_stream_lag", {"stream": "llm", "group": "llm"}) == 7
+    [capped] = await backlog_rows(r, names, ["llm"], lag_count_cap=5)
+    assert (capped.lag, capped.lag_source) == (5, "capped")
+    assert format_rows([capped]).splitlines()[1].split()[3] == ">=5"
+    [exact] = await backlog_rows(r, names, ["llm"], lag_count_cap=7)
+    assert (exact.lag, exact.lag_source) == (7, "counted")
+
+
+@pytest.mark.slow
+async def test_backlog_lag_after_a_real_redis_restart(
+    tmp_path: Path, stream_settings: Settings, streams_config: StreamsConfig
+) -> None:
+    server = RedisServer(tmp_path / "redis", persistent=True,
+                         extra_args=("--appendfsync", "always"))
+    await server.start()
+    try:
+        settings = stream_settings.replace(redis_url=server.url)
+        names = StreamNames(streams_config.key_prefix)
+        keys = names.keys("llm")
+        async with open_redis(settings) as client:
+            await client.xgroup_create(keys.stream, "llm", id="0", mkstream=True)
+            await Publisher.from_config(client, streams_config).publish_many(
+                "llm", [Envelope("e", {}) for _ in range(10)])
+            await client.xreadgroup("llm", "c", {keys.stream: ">"}, count=3)
+            [before] = await backlog_rows(client, names, ["llm"])
+            assert (before.lag, before.lag_source) == (7, "redis")
+        server.kill()
+        await server.start()
+        async with open_redis(settings) as client:
+            [group] = await client.xinfo_groups(keys.stream)
+            assert group["lag"] is None
+            [after] = await backlog_rows(client, names, ["llm"])
+            assert (after.lag, after.lag_source, after.pending) == (7, "counted", 3)
+    finally:
+        server.stop()
