@@ -203,8 +203,8 @@ async def _requests_answered(http: aiohttp.ClientSession, base: str) -> float:
     )
 
 
-async def _wrk(base: str, script: Path, connections: int, until: float) -> None:
-    """Load until the gateway has answered ``until`` requests in all. (wrk runs for its
+async def _wrk(base: str, script: Path, connections: int, total: float) -> None:
+    """Load until the gateway has answered ``total`` requests in all. (wrk runs for its
     duration even after its thread stopped itself: it is interrupted once the count is in.)"""
     # A blocking spawn, but before the phase is measured.
     proc = subprocess.Popen(  # noqa: ASYNC220
@@ -216,9 +216,9 @@ async def _wrk(base: str, script: Path, connections: int, until: float) -> None:
             async def answered() -> bool:
                 if proc.poll() is not None:
                     raise RuntimeError(f"wrk exited with {proc.returncode}")
-                return await _requests_answered(http, base) >= until
+                return await _requests_answered(http, base) >= total
 
-            await until(answered, 900, f"{until:,.0f} requests answered")
+            await until(answered, 900, f"{total:,.0f} requests answered")
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.to_thread(proc.wait)
