@@ -200,6 +200,18 @@ async def _pending_upload(
     return store, upload
 
 
+async def _wait_for_status(
+    store: ConversationStore, upload: ChunkUpload, status: str, message: str
+) -> None:
+    """Until the stored chunk of ``upload`` has ``status`` (the background verifier runs)."""
+
+    async def reached() -> bool:
+        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
+        return chunk is not None and chunk["status"] == status
+
+    await wait_until(reached, timeout_s=15, interval_s=0.1, message=message)
+
+
 async def _finalize_events(redis: RedisClient, cid: str) -> list[dict[str, Any]]:
     return [e for e in await stream_events(redis, "transcription")
             if e["type"] == "conversation.finalize" and e["payload"]["conversation_id"] == cid]
@@ -236,11 +248,7 @@ async def test_an_s3_error_within_the_window_defers_and_the_upload_is_still_veri
     heads = FailingHeads(s3, fail=settings.stream_max_deliveries + 1)
     await run_consumer(settings, s3_client=heads)
 
-    async def uploaded() -> bool:
-        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
-        return chunk is not None and chunk["status"] == "uploaded"
-
-    await wait_until(uploaded, timeout_s=15, interval_s=0.1, message="never verified")
+    await _wait_for_status(store, upload, "uploaded", "never verified")
     assert heads.heads == heads.fail + 1
     assert await redis.xlen("echo:{uploads}:dead") == 0
 
@@ -259,11 +267,7 @@ async def test_an_upload_s3_refuses_to_show_fails_readably_when_the_window_is_sp
     async with open_s3(wrong) as refusing_s3:
         await run_consumer(settings, s3_client=refusing_s3)
 
-        async def failed() -> bool:
-            chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
-            return chunk is not None and chunk["status"] == "failed"
-
-        await wait_until(failed, timeout_s=15, interval_s=0.1, message="never marked failed")
+        await _wait_for_status(store, upload, "failed", "never marked failed")
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and chunk["error"].startswith("upload could not be verified: ")
     assert "403" in chunk["error"] and "UPLOAD_VERIFY_ERROR_WINDOW_S=1)" in chunk["error"]
@@ -340,11 +344,7 @@ async def test_s3_errors_longer_than_the_not_found_window_are_waited_out(
     heads = FailingHeads(s3, fail=5)
     await run_consumer(settings, s3_client=heads)
 
-    async def uploaded() -> bool:
-        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
-        return chunk is not None and chunk["status"] == "uploaded"
-
-    await wait_until(uploaded, timeout_s=15, interval_s=0.1, message="never verified")
+    await _wait_for_status(store, upload, "uploaded", "never verified")
     assert heads.heads == 6
     assert await redis.xlen("echo:{uploads}:dead") == 0
 
@@ -359,11 +359,7 @@ async def test_s3_errors_do_not_use_up_the_not_found_checks(
     heads = FailingHeads(s3, fail=3)
     await run_consumer(settings, s3_client=heads)
 
-    async def failed() -> bool:
-        chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
-        return chunk is not None and chunk["status"] == "failed"
-
-    await wait_until(failed, timeout_s=15, interval_s=0.1, message="never marked failed")
+    await _wait_for_status(store, upload, "failed", "never marked failed")
     chunk = await store.get_chunk(upload.conversation_id, upload.chunk_id)
     assert chunk is not None and chunk["error"] == "upload not found"
     assert heads.heads == 3 + 3  # the errors, then the first check and its two deferrals
