@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import validation as v
 from gateway.admin_models import MAX_STUCK_LIMIT, STUCK_QUERY, RecoverResult, StuckReport
-from gateway.api_docs import HOST_ERRORS, Feed, endpoint
+from gateway.api_docs import FROM_INITIATE_CONVERSATION, HOST_ERRORS, endpoint
 from gateway.appkeys import RECOVERY
 from gateway.errors import BadRequest, NotFound
 from gateway.responses import json_response
@@ -52,7 +52,7 @@ async def stuck(request: web.Request) -> web.Response:
 @routes.post(PREFIX + "/conversations/{conversation_id}/recover")
 @endpoint("Re-drive a conversation's stuck work now (idempotent); what was done",
           tags=["admin"], host=True, responses={200: RecoverResult}, errors=HOST_ERRORS,
-          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"})])
+          fed_by=[FROM_INITIATE_CONVERSATION])
 async def recover(request: web.Request) -> web.Response:
     """Re-drive one conversation now, whatever the age of its work; idempotent."""
     conversation_id = v.path_uuid(request, "conversation_id")

@@ -47,8 +47,7 @@ _SPEC_ATTR = "__echo_endpoint__"
 COMMON_ERRORS = {400: "invalid input", 404: "unknown id", 413: "body too large",
                  503: "data store unavailable"}
 WRITE_ERRORS = {**COMMON_ERRORS, 403: "Conversation not open for participation"}
-HOST_ERRORS = {400: "invalid input", 401: "missing or wrong host token", 404: "unknown id",
-               413: "body too large", 503: "data store unavailable"}
+HOST_ERRORS = {**COMMON_ERRORS, 401: "missing or wrong host token"}
 RATE_LIMITED = {429: "over the rate limit"}
 
 UUID_SCHEMA: dict[str, Any] = {"type": "string", "format": "uuid"}
@@ -63,6 +62,13 @@ class Feed:
     operation: str
     parameters: Mapping[str, str]
     body: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Links most operations take: a project's id from its creation, a conversation's from
+#: ``initiate``.
+FROM_PROJECT = Feed("host_create_project", {"project_id": "$response.body#/id"})
+FROM_INITIATE_CONVERSATION = Feed(
+    "participant_initiate", {"conversation_id": "$response.body#/id"})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from events import catalogue as events
 from gateway import validation as v
-from gateway.api_docs import HOST_ERRORS, Feed, endpoint
+from gateway.api_docs import FROM_PROJECT, HOST_ERRORS, Feed, endpoint
 from gateway.api_models import AutoSelectAccepted, AutoSelectRequest, Job
 from gateway.appkeys import API_SERVICES, LLM
 from gateway.errors import NotFound
@@ -32,7 +32,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 @endpoint("Ask which of a project's conversations answer a question (an LLM job, batch by batch)",
           tags=["host"], host=True, body=AutoSelectRequest, responses={202: AutoSelectAccepted},
           errors=HOST_ERRORS, headers={"Location": "the job's status URL"},
-          fed_by=[Feed("host_create_project", {"project_id": "$response.body#/id"})])
+          fed_by=[FROM_PROJECT])
 async def start_auto_select(request: web.Request, body: AutoSelectRequest) -> web.Response:
     project_id = v.path_uuid(request, "project_id")
     query, language = body.query.strip(), body.language

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import validation as v
-from gateway.api_docs import HOST_ERRORS, Feed, endpoint
+from gateway.api_docs import FROM_INITIATE_CONVERSATION, FROM_PROJECT, HOST_ERRORS, endpoint
 from gateway.api_models import Conversation as ConversationModel
 from gateway.api_models import HostConversation, Project, ProjectInput, TagInput
 from gateway.appkeys import API_SERVICES
@@ -18,7 +18,6 @@ from transcription.status import processing_status
 
 PREFIX = "/api/host"
 TAGS = ["host"]
-FROM_PROJECT = Feed("host_create_project", {"project_id": "$response.body#/id"})
 
 routes = web.RouteTableDef()
 
@@ -103,7 +102,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/conversations/{conversation_id}")
 @endpoint("A conversation with chunks, merged transcript and summary", tags=TAGS, host=True,
           responses={200: HostConversation}, errors=HOST_ERRORS,
-          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"})])
+          fed_by=[FROM_INITIATE_CONVERSATION])
 async def get_conversation(request: web.Request) -> web.Response:
     store = request.app[API_SERVICES].store
     conversation_id = v.path_uuid(request, "conversation_id")

@@ -9,7 +9,14 @@ from aiohttp import web
 from events import catalogue as events
 from events.catalogue import FinalizeRequest
 from gateway import validation as v
-from gateway.api_docs import COMMON_ERRORS, RATE_LIMITED, WRITE_ERRORS, Feed, endpoint
+from gateway.api_docs import (
+    COMMON_ERRORS,
+    FROM_PROJECT,
+    RATE_LIMITED,
+    WRITE_ERRORS,
+    Feed,
+    endpoint,
+)
 from gateway.api_models import (
     Chunk,
     Conversation,
@@ -31,7 +38,6 @@ TAGS = ["participant"]
 #: Ids from a started conversation: its project and itself.
 FROM_INITIATE = Feed("participant_initiate", {
     "project_id": "$response.body#/project_id", "conversation_id": "$response.body#/id"})
-FROM_PROJECT = Feed("host_create_project", {"project_id": "$response.body#/id"})
 
 routes = web.RouteTableDef()
 

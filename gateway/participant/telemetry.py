@@ -10,7 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway import validation as v
-from gateway.api_docs import COMMON_ERRORS, RATE_LIMITED, Feed, endpoint
+from gateway.api_docs import (
+    COMMON_ERRORS,
+    FROM_INITIATE_CONVERSATION,
+    FROM_PROJECT,
+    RATE_LIMITED,
+    endpoint,
+)
 from gateway.api_models import Ok, Telemetry
 from gateway.api_services import ApiServices
 from gateway.errors import BadRequest, NotFound
@@ -23,7 +29,7 @@ PING_FIELDS = ("state", "audio_level", "recorded_seconds", "client_ts", "network
 
 #: Visitor ids: what a Redis key and a path segment can hold (``$``: the end of the string).
 VISITOR_ID_PATTERN = r"^[^{}:/ \t\r\n]+$"
-_VISITOR_ID = re.compile(r"[^{}:/ \t\r\n]+")
+_VISITOR_ID = re.compile(VISITOR_ID_PATTERN)
 TAGS = ["participant"]
 #: Any JSON: what is not telemetry is ignored, never refused (CONTRACT.md).
 PING_BODY = {"anyOf": [Telemetry.model_json_schema(), {}],
@@ -70,7 +76,7 @@ async def _ping_record(request: web.Request, services: ApiServices) -> dict[str,
 @routes.post(PREFIX + "/conversations/{conversation_id}/ping")
 @endpoint("Recording telemetry (kept briefly)", tags=TAGS, responses={200: Ok},
           errors={**COMMON_ERRORS, **RATE_LIMITED}, body_schema=PING_BODY, body_required=False,
-          fed_by=[Feed("participant_initiate", {"conversation_id": "$response.body#/id"})])
+          fed_by=[FROM_INITIATE_CONVERSATION])
 async def conversation_ping(request: web.Request) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
@@ -86,12 +92,12 @@ async def conversation_ping(request: web.Request) -> web.Response:
           errors={**COMMON_ERRORS, **RATE_LIMITED}, body_schema=PING_BODY, body_required=False,
           path={"visitor_id": {"type": "string", "minLength": 1, "maxLength": 128,
                                "pattern": VISITOR_ID_PATTERN}},
-          fed_by=[Feed("host_create_project", {"project_id": "$response.body#/id"})])
+          fed_by=[FROM_PROJECT])
 async def visitor_ping(request: web.Request) -> web.Response:
     services = checks.services(request)
     project_id = v.path_uuid(request, "project_id")
     visitor_id = request.match_info["visitor_id"]
-    if not (0 < len(visitor_id) <= 128) or not _VISITOR_ID.fullmatch(visitor_id):
+    if len(visitor_id) > 128 or not _VISITOR_ID.fullmatch(visitor_id):
         raise BadRequest("visitor_id: 1 to 128 characters, no braces, colons, slashes or spaces")
     if await services.store.project_is_open(project_id) is None:
         raise NotFound("Project not found")

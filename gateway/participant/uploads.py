@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway import upload_workflows as workflows
 from gateway import validation as v
-from gateway.api_docs import RATE_LIMITED, WRITE_ERRORS, Feed, endpoint
+from gateway.api_docs import FROM_INITIATE_CONVERSATION, RATE_LIMITED, WRITE_ERRORS, Feed, endpoint
 from gateway.api_models import (
     Chunk,
     ConfirmRequest,
@@ -44,7 +44,6 @@ from storage.uploads import (
 #: Bytes read from the multipart body per S3 write of the legacy upload.
 PART_READ_BYTES = 256 * 1024
 TAGS = ["participant"]
-FROM_INITIATE = Feed("participant_initiate", {"conversation_id": "$response.body#/id"})
 _TIMESTAMP: TypeAdapter[str] = TypeAdapter(Timestamp)
 
 routes = web.RouteTableDef()
@@ -114,7 +113,7 @@ def _confirm_response(confirmation: workflows.Confirmation) -> web.Response:
 @routes.post(PREFIX + "/conversations/{conversation_id}/confirm-upload")
 @endpoint("Confirm an uploaded chunk (idempotent by chunk_id)", tags=TAGS, body=ConfirmRequest,
           responses={200: ConfirmResponse, 202: ConfirmResponse}, errors=WRITE_ERRORS,
-          fed_by=[FROM_INITIATE, Feed(
+          fed_by=[FROM_INITIATE_CONVERSATION, Feed(
               "participant_get_upload_url", {"conversation_id": "$request.path.conversation_id"},
               body={"chunk_id": "$response.body#/chunk_id", "file_url": "$response.body#/file_url"},
           )])
@@ -137,7 +136,7 @@ async def confirm_upload(request: web.Request, body: ConfirmRequest) -> web.Resp
 
 @routes.post(PREFIX + "/conversations/{conversation_id}/check-s3")
 @endpoint("A presigned PUT probe (text/plain, about 60 s)", tags=TAGS,
-          responses={200: ProbeResponse}, errors=WRITE_ERRORS, fed_by=[FROM_INITIATE])
+          responses={200: ProbeResponse}, errors=WRITE_ERRORS, fed_by=[FROM_INITIATE_CONVERSATION])
 async def check_s3(request: web.Request) -> web.Response:
     services = checks.services(request)
     conversation_id = v.path_uuid(request, "conversation_id")
@@ -153,7 +152,7 @@ async def check_s3(request: web.Request) -> web.Response:
 @endpoint("Legacy upload through the gateway (streamed to S3)", tags=TAGS,
           body_schema=UploadChunkForm.model_json_schema(), body_media_type="multipart/form-data",
           body_encoding={"chunk": {"contentType": "audio/webm"}},
-          responses={200: Chunk}, errors={**WRITE_ERRORS, **RATE_LIMITED}, fed_by=[FROM_INITIATE])
+          responses={200: Chunk}, errors={**WRITE_ERRORS, **RATE_LIMITED}, fed_by=[FROM_INITIATE_CONVERSATION])
 @streams_body
 async def upload_chunk(request: web.Request) -> web.Response:
     """Legacy: the gateway streams the ``chunk`` file part to S3, then treats it as confirmed."""
