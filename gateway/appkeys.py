@@ -49,3 +49,5 @@ CONSUMERS: web.AppKey[ConsumerRuntime] = web.AppKey("stream_consumers")
 DEMO_PROJECT_ID: web.AppKey[str] = web.AppKey("demo_project_id")
 #: The stuck-work sweeper (worker processes and ``dev`` run its loop; the admin routes use it).
 RECOVERY: web.AppKey[StuckSweeper] = web.AppKey("recovery")
+#: ``/api/openapi.json``, built once the routes are final (at start-up).
+OPENAPI_DOCUMENT: web.AppKey[dict[str, object]] = web.AppKey("openapi_document")

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.api_docs import UUID_SCHEMA, Endpoint, endpoint, schema_of, spec_of
 from gateway.api_models import Error
+from gateway.appkeys import OPENAPI_DOCUMENT
 from gateway.responses import json_response
 
 routes = web.RouteTableDef()
@@ -129,4 +130,9 @@ def build_document(app: web.Application) -> dict[str, Any]:
 @routes.get("/api/openapi.json")
 @endpoint("This document", tags=["ops"], responses={200: {"type": "object"}})
 async def openapi_json(request: web.Request) -> web.Response:
-    return json_response(build_document(request.app))
+    return json_response(request.app[OPENAPI_DOCUMENT])
+
+
+async def keep_document(app: web.Application) -> None:
+    """``on_startup``: the routes cannot change any more, so the document is built once."""
+    app[OPENAPI_DOCUMENT] = build_document(app)

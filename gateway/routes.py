@@ -54,5 +54,6 @@ def add_api_routes(app: web.Application, *, idle_sweeper: bool = True) -> None:
     app.add_routes(host.routes)
     app.add_routes(auto_select.routes)
     app.add_routes(openapi.routes)
+    app.on_startup.append(openapi.keep_document)
     app.add_routes(admin_streams.routes)
     add_admin_recovery(app)
