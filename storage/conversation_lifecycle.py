@@ -143,8 +143,7 @@ class ConversationLifecycle(StoreCore):
         publishes the finalize event of the finalizable ones, then calls :meth:`forget_idle`;
         if it fails in between, a sweep takes them again after ``retry_s``.
         """
-        seconds, micros = await self.redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = await self.redis_now_ms()
         idle_ms = int(idle_s * 1000)
         cutoff_ms = now_ms - idle_ms
         rows = cast(list[tuple[str, float]], await self.redis.zrangebyscore(

@@ -48,10 +48,6 @@ class OpenChunksRepair:
 class RecoveryQueries(StoreCore):
     """The sweeper's part of the store."""
 
-    async def redis_now_ms(self) -> int:
-        seconds, micros = await self.redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
-
     async def walk_conversations(
         self, cursor: WalkCursor, limit: int
     ) -> tuple[list[str], WalkCursor, bool]:

@@ -122,7 +122,8 @@ async def follow_master(
     last: tuple[str, int] | None = None
     while True:
         try:
-            address = tuple(await pool.sentinel_manager.discover_master(pool.service_name))
+            host, port = await pool.sentinel_manager.discover_master(pool.service_name)
+            address: tuple[str, int] | None = (str(host), int(port))
         except REDIS_UNAVAILABLE_ERRORS:  # MasterNotFoundError is a ConnectionError
             address = None
         if address is not None:
@@ -132,8 +133,8 @@ async def follow_master(
                 pool.master_address = address
                 await _close_connections_elsewhere(pool, address)
                 for callback in list(pool.on_master_switch):
-                    callback((str(address[0]), int(address[1])))
-            last = (str(address[0]), int(address[1]))
+                    callback(address)
+            last = address
         await asyncio.sleep(interval_s)
 
 

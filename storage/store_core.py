@@ -73,5 +73,10 @@ class StoreCore(StoreKeys):
             for name in STORE_SCRIPTS
         }
 
+    async def redis_now_ms(self) -> int:
+        """Redis's clock, in ms (the one clock every process agrees on)."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
         return run_script(self._scripts[name], keys, args, self._autopipeline)

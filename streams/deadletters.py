@@ -32,12 +32,14 @@ from typing import Any
 
 from streams.names import StreamNames
 from streams.redis_types import RedisClient
-from streams.scripts import LUA_DIR
+from streams.scripts import lua_source
 
 #: A stream entry id as Redis writes it (``<ms>-<seq>``); anything else names no letter.
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 #: Most dead letters in one page.
 MAX_PAGE = 500
+#: Read once: an admin request builds a DeadLetters, and most never replay.
+REPLAY_LUA = lua_source("replay")
 
 
 class DeadLetterNotReplayable(Exception):
@@ -126,7 +128,7 @@ class DeadLetters:
         self._redis = redis
         self._names = names
         self._max_len = max_len
-        self._replay = redis.register_script((LUA_DIR / "replay.lua").read_text("utf-8"))
+        self._replay = redis.register_script(REPLAY_LUA)
 
     async def list(self, stream: str, *, after: str = "", count: int = 50) -> DeadLetterPage:
         """Up to ``count`` letters of ``stream``, oldest first, after the letter id ``after``

@@ -12,7 +12,7 @@ from streams.redis_types import RedisClient
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 
-def _source(name: str) -> str:
+def lua_source(name: str) -> str:
     return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
 
 
@@ -33,6 +33,6 @@ class Scripts:
     @classmethod
     def load(cls, redis: RedisClient) -> Scripts:
         return cls(**{
-            name: redis.register_script(_source(name))
+            name: redis.register_script(lua_source(name))
             for name in cls.__dataclass_fields__
         })
