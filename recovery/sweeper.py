@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,38 +119,42 @@ class StuckSweeper:
     async def dry_run(self, limit: int | None = None) -> SweepReport:
         """What a sweep would find now, from the first conversation; nothing is changed."""
         report = SweepReport(dry_run=True, started_ms=await self._store.redis_now_ms())
+        await self._walk(report, WalkCursor(), limit or self._settings.stuck_sweep_max_items)
+        return report
+
+    async def _walk(
+        self, report: SweepReport, cursor: WalkCursor, limit: int,
+        after_page: Callable[[WalkCursor], Awaitable[None]] | None = None,
+    ) -> None:
+        """Examine up to ``limit`` conversations from ``cursor``, a page at a time;
+        ``after_page`` gets the cursor after each page (a real run records it)."""
         started = time.monotonic()
-        cursor, remaining = WalkCursor(), limit or self._settings.stuck_sweep_max_items
+        remaining = limit
         while remaining > 0:
             ids, cursor, done = await self._store.walk_conversations(cursor, min(PAGE, remaining))
             remaining -= len(ids)
             await self._examine(ids, report)
+            if after_page is not None:
+                await after_page(cursor)
             if done or not ids:
                 report.complete = done
                 break
         report.duration_s = time.monotonic() - started
-        return report
 
     async def _run_with(self, grant: LeaseGrant) -> SweepReport | None:
         if grant.outcome != "acquired":
             return None
         report = SweepReport(dry_run=False, started_ms=grant.started_ms)
-        started = time.monotonic()
-        cursor = WalkCursor(grant.cursor_project, grant.cursor_conversation)
-        remaining = self._settings.stuck_sweep_max_items
-        while remaining > 0:
-            ids, cursor, done = await self._store.walk_conversations(cursor, min(PAGE, remaining))
-            remaining -= len(ids)
-            await self._examine(ids, report)
+
+        async def record(cursor: WalkCursor) -> None:
             if not await self._lease.write(
                 grant.token, lease_s=self._settings.stuck_sweep_lease_s,
                 fields={"cursor_project": cursor.project, "cursor_conversation": cursor.conversation},
             ):
                 raise FencedOut(grant.token)
-            if done or not ids:
-                report.complete = done
-                break
-        report.duration_s = time.monotonic() - started
+
+        await self._walk(report, WalkCursor(grant.cursor_project, grant.cursor_conversation),
+                         self._settings.stuck_sweep_max_items, after_page=record)
         figures = report.as_dict()
         del figures["items"], figures["dry_run"]
         finished_ms = await self._lease.finish(
